@@ -1,0 +1,1 @@
+"""Ray wiring: connecting, Ray Train, the bounded fan-out pool and atomic store commits. No math here."""

@@ -1,0 +1,104 @@
+"""A bounded pool of long-lived Ray actors that run batches of jobs.
+
+Each actor keeps a cache across batches (models, datasets), so they load once per actor. The driver
+keeps at most `max_in_flight` batches submitted, collects them with `ray.wait`, and hands each
+result to `on_done` as it arrives. A batch whose actor dies is retried on a fresh actor; a batch
+whose code raises goes to `on_error` and the run goes on.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+
+import ray
+import torch
+from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
+
+BatchFn = Callable[[list[dict], dict], list[dict]]  # (jobs, actor cache) -> rows
+
+
+@ray.remote
+class PoolWorker:
+    def __init__(self, batch_fn: BatchFn, threads: int):
+        torch.set_num_threads(threads)
+        self._batch_fn = batch_fn
+        self._cache: dict = {}
+
+    def run(self, jobs: list[dict]) -> list[dict]:
+        return self._batch_fn(jobs, self._cache)
+
+    def pid(self) -> int:
+        import os
+
+        return os.getpid()
+
+
+class Progress:
+    """One line per finished batch: jobs done and failed, rate and ETA."""
+
+    def __init__(self, total_jobs: int, stream=sys.stdout):
+        self.total, self.done, self.failed, self.start, self.stream = total_jobs, 0, 0, time.time(), stream
+
+    def update(self, done: int = 0, failed: int = 0) -> None:
+        self.done, self.failed = self.done + done, self.failed + failed
+        elapsed = time.time() - self.start
+        rate = (self.done + self.failed) / elapsed if elapsed > 0 else 0.0
+        left = self.total - self.done - self.failed
+        eta = left / rate if rate > 0 else float("inf")
+        print(
+            f"[fanout] {self.done}/{self.total} jobs done, {self.failed} failed, {rate:.1f} jobs/s, ETA {eta:.0f}s",
+            file=self.stream, flush=True,
+        )
+
+
+def run_pool(
+    batches: list[list[dict]],
+    batch_fn: BatchFn,
+    *,
+    workers: int,
+    cpus_per_worker: float,
+    max_in_flight: int,
+    on_done: Callable[[list[dict], list[dict]], None],
+    on_error: Callable[[list[dict], BaseException], None],
+    max_retries: int = 3,
+) -> None:
+    """Run every batch through `workers` actors, at most `max_in_flight` at a time."""
+    threads = max(1, int(cpus_per_worker))
+
+    def new_actor():
+        return PoolWorker.options(num_cpus=cpus_per_worker).remote(batch_fn, threads)
+
+    actors = [new_actor() for _ in range(min(workers, len(batches)))]
+    idle = deque(actors)
+    queue = deque((batch, 0) for batch in batches)
+    in_flight: dict = {}  # ObjectRef -> (batch, tries, actor)
+    progress = Progress(sum(len(b) for b in batches))
+    while queue or in_flight:
+        while queue and idle and len(in_flight) < max_in_flight:
+            batch, tries = queue.popleft()
+            actor = idle.popleft()
+            in_flight[actor.run.remote(batch)] = (batch, tries, actor)
+        ready, _ = ray.wait(list(in_flight), num_returns=1)
+        batch, tries, actor = in_flight.pop(ready[0])
+        try:
+            rows = ray.get(ready[0])
+        except (ActorDiedError, ActorUnavailableError, RayActorError) as e:
+            if tries + 1 > max_retries:
+                on_error(batch, e)
+                progress.update(failed=len(batch))
+            else:
+                print(f"[fanout] a pool worker died ({type(e).__name__}); retrying its batch", flush=True)
+                queue.appendleft((batch, tries + 1))
+            idle.append(new_actor())
+            continue
+        except RayTaskError as e:
+            on_error(batch, e.cause if e.cause is not None else e)
+            progress.update(failed=len(batch))
+            idle.append(actor)
+            continue
+        idle.append(actor)
+        on_done(batch, rows)
+        progress.update(done=len(batch))

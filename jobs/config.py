@@ -1,0 +1,129 @@
+"""The experiment config: one YAML file per experiment, read by every entry point, validated at the door.
+
+Unknown keys, wrong types and bad values raise ConfigError before Ray or any worker starts.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from robrep.config import from_dict, load_yaml
+from robrep.errors import ConfigError
+from robrep.models import list_models
+from robrep.train import AttackSpec
+
+
+@dataclass(frozen=True)
+class RaySpec:
+    address: str | None = None  # None: start a local Ray on loopback; "auto" or "ray://host:10001": join one
+    num_cpus: int | None = None  # local Ray only; None = all cores
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    source: Literal["digits"] = "digits"
+    resolution: int = 16  # pixels per side
+    test_fraction: float = 0.2
+    split_seed: int = 0
+    dir: str = "runs/digits/data"  # holds train.beton, test.beton and their sidecars
+
+    def validate(self) -> None:
+        if not 8 <= self.resolution <= 512:
+            raise ConfigError(f"data.resolution={self.resolution} must be within [8, 512]")
+        if not 0 < self.test_fraction < 1:
+            raise ConfigError(f"data.test_fraction={self.test_fraction} must be within (0, 1)")
+
+    def path(self, split: str) -> Path:
+        return Path(self.dir).resolve() / f"{split}.beton"
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to train. Standard when `attack` is absent; robust (adversarially trained) otherwise."""
+
+    model_id: str
+    arch: str = "small_cnn"
+    width: int = 32
+    epochs: int = 15
+    batch_size: int = 64  # global, split across workers
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_milestones: tuple[int, ...] = (10,)
+    lr_gamma: float = 0.1
+    translate: int = 0  # random translation in pixels (train only)
+    seed: int = 0
+    attack: AttackSpec | None = None
+    eval_attack: AttackSpec | None = None  # PGD for adversarial test accuracy; None = no adversarial eval
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    max_failures: int = 0
+
+    def validate(self) -> None:
+        if self.arch not in list_models():
+            raise ConfigError(f"train.model_id={self.model_id}: unknown arch {self.arch!r}; known: {list_models()}")
+        for key in ("epochs", "batch_size", "num_workers", "width"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train {self.model_id}: {key}={getattr(self, key)} must be >= 1")
+        if self.batch_size < self.num_workers:
+            raise ConfigError(f"train {self.model_id}: batch_size {self.batch_size} < num_workers {self.num_workers}")
+
+
+@dataclass(frozen=True)
+class FanoutSpec:
+    """Inversion jobs (Eq. 4) for every model: test-image targets, sources from noise or another class."""
+
+    models: tuple[str, ...]  # model_ids in the store's models table
+    split: Literal["test", "train"] = "test"
+    targets: int = 20  # the first n images of the split are targets
+    inits: tuple[Literal["noise", "image"], ...] = ("noise", "image")
+    constraint: Literal["l2"] = "l2"
+    eps: float = 1000.0  # L2 radius, [0,1]-pixel units (paper A.6.2: 1000, i.e. unconstrained)
+    step_size: float = 0.1
+    steps: int = 200
+    rng_seed: int = 0
+    batch_size: int = 64  # jobs per batched PGD loop
+    max_in_flight: int = 4  # batches submitted and not yet committed
+    workers: int = 2  # pool actors
+    cpus_per_worker: float = 1.0
+
+    def validate(self) -> None:
+        if not self.models:
+            raise ConfigError("fanout.models is empty; name at least one model_id")
+        for key in ("targets", "steps", "batch_size", "max_in_flight", "workers"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"fanout.{key}={getattr(self, key)} must be >= 1")
+        if self.eps <= 0 or self.step_size <= 0:
+            raise ConfigError("fanout.eps and fanout.step_size must be > 0")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str
+    store: str  # root of the Parquet store
+    storage_path: str  # Ray Train checkpoints and final models
+    ray: RaySpec = RaySpec()
+    data: DataSpec = DataSpec()
+    train: tuple[ModelSpec, ...] = ()
+    fanout: FanoutSpec | None = None
+
+    def validate(self) -> None:
+        ids = [m.model_id for m in self.train]
+        if len(set(ids)) != len(ids):
+            raise ConfigError(f"train: duplicate model_id in {ids}")
+
+    @property
+    def store_root(self) -> Path:
+        return Path(self.store).resolve()
+
+    @property
+    def storage_root(self) -> Path:
+        return Path(self.storage_path).resolve()
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    return from_dict(ExperimentConfig, load_yaml(path, overrides))

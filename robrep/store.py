@@ -1,0 +1,126 @@
+"""The store's schema (DESIGN §3), row builders, and read helpers. Pure pyarrow/pandas: no Ray.
+
+Layout under one root: `results/kind=<kind>/model=<model_id>/part-<hash>.parquet`, `models/`,
+`failures/`, `_manifests/`.
+"""
+
+from __future__ import annotations
+
+import io
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import torch
+from PIL import Image
+
+KINDS = ("invert", "invert_sweep", "pairs", "visualize", "manipulate", "interpolate", "top_activating")
+
+RESULTS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("job_id", pa.string()),
+        ("kind", pa.string()),
+        ("model_id", pa.string()),
+        ("model_robust", pa.bool_()),
+        ("model_eps", pa.float32()),
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("target_index", pa.int64()),
+        ("source_index", pa.int64()),
+        ("init", pa.string()),
+        ("rng_seed", pa.int64()),
+        ("constraint", pa.string()),
+        ("eps", pa.float32()),
+        ("step_size", pa.float32()),
+        ("steps", pa.int32()),
+        ("coordinate", pa.int32()),
+        ("lam", pa.float32()),
+        ("rep_dist", pa.float32()),
+        ("rep_dist_rel", pa.float32()),
+        ("pix_dist_target", pa.float32()),
+        ("pix_dist_source", pa.float32()),
+        ("activation", pa.float32()),
+        ("activation_rank", pa.int32()),
+        ("pred_class", pa.int32()),
+        ("target_class", pa.int32()),
+        ("source_class", pa.int32()),
+        ("steps_taken", pa.int32()),
+        ("loss_final", pa.float32()),
+        ("image_png", pa.binary()),
+        ("representation", pa.list_(pa.float32())),
+        ("node", pa.string()),
+        ("device", pa.string()),
+        ("seconds", pa.float32()),
+        ("git_sha", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+MODELS_SCHEMA = pa.schema(
+    [
+        ("model_id", pa.string()),
+        ("arch", pa.string()),
+        ("dataset", pa.string()),
+        ("robust", pa.bool_()),
+        ("constraint", pa.string()),
+        ("eps", pa.float32()),
+        ("clean_acc", pa.float32()),
+        ("adv_acc", pa.float32()),
+        ("adv_eps", pa.float32()),
+        ("adv_steps", pa.int32()),
+        ("epochs", pa.int32()),
+        ("seconds", pa.float32()),
+        ("checkpoint", pa.string()),
+        ("git_sha", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+FAILURES_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("job_id", pa.string()),
+        ("kind", pa.string()),
+        ("model_id", pa.string()),
+        ("error", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
+
+def now_utc() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def encode_png(image: torch.Tensor) -> bytes:
+    """(3, H, W) float in [0,1] -> 8-bit RGB PNG bytes."""
+    array = (image.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes -> (H, W, 3) uint8."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
+    """Rows (dicts keyed by column) -> a table with exactly `schema`; absent optional columns become null."""
+    missing = [name for name in ("job_id",) if name in schema.names and any(name not in r for r in rows)]
+    if missing:
+        raise ValueError(f"rows lack required columns {missing}")
+    columns = {name: [r.get(name) for r in rows] for name in schema.names}
+    return pa.table(columns, schema=schema)
+
+
+def read_table(root: str | Path, table: str, filters: list | None = None) -> pd.DataFrame:
+    """Read one store table as a DataFrame (empty with the right columns when nothing is there)."""
+    path = Path(root) / table
+    schema = {"results": RESULTS_SCHEMA, "models": MODELS_SCHEMA, "failures": FAILURES_SCHEMA}[table]
+    if not path.exists() or not any(path.rglob("*.parquet")):
+        return schema.empty_table().to_pandas()
+    return pd.read_parquet(path, filters=filters)

@@ -1,0 +1,94 @@
+"""Standard and adversarial (Madry et al.; paper A.3) training steps, and clean/adversarial evaluation."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from robrep.errors import ConfigError
+from robrep.objectives import untargeted_ce_loss
+from robrep.pgd import pgd
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """An L2 PGD adversary. eps and step_size in [0,1]-pixel units (paper A.3: eps=3.0, 7 steps, step 0.5)."""
+
+    eps: float
+    steps: int
+    step_size: float
+    constraint: str = "l2"
+    random_start: bool = True
+
+    def validate(self) -> None:
+        if self.eps < 0:
+            raise ConfigError(f"attack eps={self.eps} must be >= 0 (an L2 radius in [0,1] pixel units)")
+        if self.steps < 1:
+            raise ConfigError(f"attack steps={self.steps} must be >= 1 for an adversarial run")
+        if self.step_size <= 0:
+            raise ConfigError(f"attack step_size={self.step_size} must be > 0")
+        if self.constraint != "l2":
+            raise ConfigError(f"attack constraint={self.constraint!r}: only 'l2' is supported so far")
+
+
+def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec) -> torch.Tensor:
+    """PGD that maximises CE within the L2 ball, with the model in eval mode (BN statistics frozen)."""
+    was_training = model.training
+    model.eval()
+    try:
+        result = pgd(
+            lambda z: untargeted_ce_loss(model(z), y),
+            x,
+            eps=attack.eps,
+            step_size=attack.step_size,
+            steps=attack.steps,
+            constraint=attack.constraint,
+            random_start=attack.random_start,
+        )
+    finally:
+        model.train(was_training)
+    return result.x
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    attack: AttackSpec | None,
+    attack_model: nn.Module | None = None,
+) -> tuple[float, int]:
+    """One SGD step on clean (attack=None) or adversarial inputs. Returns (mean loss, #correct).
+
+    attack_model: the module the attack differentiates (default `model`). Under DDP pass the unwrapped
+    module, so the attack's input-gradient passes never enter DDP's gradient synchronisation.
+    """
+    inputs = x if attack is None else adversarial_examples(attack_model or model, x, y, attack)
+    model.train()
+    logits = model(inputs)
+    loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.item(), int((logits.argmax(1) == y).sum())
+
+
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], attack: AttackSpec | None) -> dict:
+    """Clean accuracy, and adversarial accuracy under `attack` (NaN when None), over (x, y) batches."""
+    model.eval()
+    n = clean = adv = 0
+    for x, y in batches:
+        with torch.no_grad():
+            clean += int((model(x).argmax(1) == y).sum())
+        if attack is not None:
+            x_adv = adversarial_examples(model, x, y, attack)
+            with torch.no_grad():
+                adv += int((model(x_adv).argmax(1) == y).sum())
+        n += len(y)
+    if n == 0:
+        raise ValueError("evaluate() got no batches")
+    return {"n": n, "clean_acc": clean / n, "adv_acc": adv / n if attack is not None else float("nan")}

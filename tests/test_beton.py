@@ -1,0 +1,40 @@
+"""Real .beton files: the digits round trip through FFCV's writer and loader."""
+
+import numpy as np
+import pytest
+import torch
+
+from datasets.beton import make_loader, read_all, read_info, write_beton
+from datasets.digits import load_digits_rgb, split_indices
+from robrep.errors import DataError
+
+pytestmark = pytest.mark.ffcv
+
+
+def test_digits_round_trip_labels_and_pixels(tmp_path):
+    images, labels = load_digits_rgb(16)
+    train, test = split_indices(labels, 0.2, seed=0)
+    assert len(set(train) & set(test)) == 0 and len(train) + len(test) == len(labels) == 1797
+    path = write_beton(tmp_path / "test.beton", images[test], labels[test], info={"num_classes": 10})
+    x, y = read_all(path)
+    assert x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
+    assert torch.equal(y, torch.from_numpy(labels[test]))
+    back = (x * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    np.testing.assert_array_equal(back, images[test])
+    info = read_info(path)
+    assert info["num_images"] == len(test) and sum(info["counts_per_class"]) == len(test)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_train_loader_shuffles_and_drops_last(tmp_path):
+    images, labels = load_digits_rgb(16)
+    path = write_beton(tmp_path / "d.beton", images[:100], labels[:100], info={"num_classes": 10})
+    loader = make_loader(path, 32, train=True, seed=1)
+    batches = [y.clone() for _, y in loader]
+    assert [len(b) for b in batches] == [32, 32, 32]
+    assert not torch.equal(torch.cat(batches), torch.from_numpy(labels[:96]))
+
+
+def test_missing_dataset_names_the_file(tmp_path):
+    with pytest.raises(DataError, match="does not exist"):
+        make_loader(tmp_path / "nope.beton", 8, train=False)

@@ -1,0 +1,77 @@
+"""The real `ray job submit` CLI against a head this test starts on loopback, and stops."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from conftest import REPO
+
+SMOKE = "jobs/configs/digits_smoke.yaml"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    """`ray start --head --block` in its own process group: killing the group stops this head only."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    env.pop("RAY_ADDRESS", None)
+    gcs_port, dash_port = free_port(), free_port()
+    head = subprocess.Popen(
+        [f"{bin_dir}/ray", "start", "--head", "--block", "--num-cpus=2", "--node-ip-address=127.0.0.2",
+         f"--port={gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+         "--disable-usage-stats", "--include-dashboard=true"],
+        env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dash_port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        probe = subprocess.run([f"{bin_dir}/ray", "job", "list", "--address", address], env=env,
+                               capture_output=True, text=True, timeout=60)
+        if probe.returncode == 0:
+            break
+        assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
+        time.sleep(2)
+    else:
+        pytest.fail("the Ray head did not come up: " + (tmp_path / "head.log").read_text()[-3000:])
+    yield address, env
+    os.killpg(head.pid, signal.SIGTERM)
+    try:
+        head.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(head.pid, signal.SIGKILL)
+
+
+def submit(address: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
+           "--", "python", "-m", *args]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_job_submit_smoke_succeeds_and_bad_config_fails(ray_head, tmp_path):
+    address, env = ray_head
+    sets = ["--set", f"store={tmp_path}/store", "--set", f"storage_path={tmp_path}/ckpt",
+            "--set", f"data.dir={tmp_path}/data", "--set", "ray.address=auto"]
+    ok = submit(address, env, "jobs.main", "--config", SMOKE, *sets)
+    assert ok.returncode == 0, ok.stdout[-4000:] + ok.stderr[-2000:]
+    assert "SUCCEEDED" in ok.stdout + ok.stderr
+    results = pd.read_parquet(tmp_path / "store" / "results")
+    assert len(results) == 24 and results["job_id"].is_unique
+
+    bad = submit(address, env, "jobs.main", "--config", SMOKE, "--set", "fanout.stepz=1", *sets)
+    assert bad.returncode != 0
+    assert "FAILED" in bad.stdout + bad.stderr
+    assert "unknown config key 'fanout.stepz'" in bad.stdout + bad.stderr

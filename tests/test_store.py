@@ -1,0 +1,53 @@
+"""The store: schema round trip, atomic parts, no duplicates on retry."""
+
+import math
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cluster.store import commit_part, committed_job_ids, part_name
+from robrep.store import RESULTS_SCHEMA, decode_png, encode_png, now_utc, read_table, to_table
+
+
+def make_rows(ids, model_id="m1"):
+    image = torch.rand(3, 8, 8)
+    return [
+        {"run_id": "r", "job_id": i, "kind": "invert", "model_id": model_id, "model_robust": True, "model_eps": 2.0,
+         "dataset": "digits", "split": "test", "target_index": n, "source_index": -1, "init": "noise", "rng_seed": n,
+         "constraint": "l2", "eps": 1000.0, "step_size": 0.1, "steps": 10, "coordinate": -1, "lam": math.nan,
+         "rep_dist": 0.5, "rep_dist_rel": 0.1, "pix_dist_target": 3.0, "pix_dist_source": 2.0, "pred_class": 1,
+         "target_class": 1, "source_class": -1, "steps_taken": 10, "loss_final": 0.1, "image_png": encode_png(image),
+         "node": "n", "device": "cpu", "seconds": 0.1, "git_sha": "abc", "created_at": now_utc()}
+        for n, i in enumerate(ids)
+    ]
+
+
+def test_png_round_trip_is_8_bit_exact():
+    image = torch.rand(3, 5, 7)
+    decoded = decode_png(encode_png(image))
+    assert decoded.shape == (5, 7, 3)
+    np.testing.assert_array_equal(decoded, (image * 255).round().byte().permute(1, 2, 0).numpy())
+
+
+def test_schema_round_trip_and_retry_overwrites(tmp_path):
+    rows = make_rows(["a", "b", "c"])
+    table = to_table(rows, RESULTS_SCHEMA)
+    part = part_name(["a", "b", "c"])
+    commit_part(tmp_path, "results", table, {"kind": "invert", "model_id": "m1"}, part)
+    commit_part(tmp_path, "results", table, {"kind": "invert", "model_id": "m1"}, part)  # a retry
+    commit_part(tmp_path, "results", to_table(make_rows(["d"], "m2"), RESULTS_SCHEMA),
+                {"kind": "invert", "model_id": "m2"}, part_name(["d"]))
+    df = read_table(tmp_path, "results")
+    assert sorted(df["job_id"]) == ["a", "b", "c", "d"]
+    assert committed_job_ids(tmp_path) == {"a", "b", "c", "d"}
+    assert set(df.columns) == set(RESULTS_SCHEMA.names)
+    only_m2 = read_table(tmp_path, "results", filters=[("model_id", "=", "m2")])
+    assert list(only_m2["job_id"]) == ["d"]
+    assert not list(tmp_path.rglob("*.tmp"))
+    assert pd.isna(df["activation"]).all()
+
+
+def test_empty_store_reads_as_empty_frame(tmp_path):
+    df = read_table(tmp_path, "results")
+    assert len(df) == 0 and "rep_dist_rel" in df.columns
