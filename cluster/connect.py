@@ -27,6 +27,7 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         ray.init(address=address, log_to_driver=True)
         return
     ray.init(
+        address="local",  # always a new local Ray; never attach to whatever cluster this machine ran last
         num_cpus=num_cpus,
         _node_ip_address=LOCAL_NODE_IP,
         include_dashboard=True,

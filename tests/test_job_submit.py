@@ -1,5 +1,6 @@
 """The real `ray job submit` CLI against a head this test starts on loopback, and stops."""
 
+import json
 import os
 import signal
 import socket
@@ -54,8 +55,10 @@ def ray_head(tmp_path):
 
 
 def submit(address: str, env: dict, *args: str) -> subprocess.CompletedProcess:
+    # The shipped working dir has no .git, so the commit travels as an environment variable.
+    runtime_env = json.dumps({"env_vars": {"ROBREP_GIT_SHA": "sha-under-test"}})
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
-           "--", "python", "-m", *args]
+           "--runtime-env-json", runtime_env, "--", "python", "-m", *args]
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
 
 
@@ -67,11 +70,12 @@ def test_job_submit_smoke_succeeds_and_bad_config_fails(ray_head, tmp_path):
             "--set", f"data.dir={tmp_path}/data", "--set", "ray.address=auto"]
     ok = submit(address, env, "jobs.main", "--config", SMOKE, *sets)
     assert ok.returncode == 0, ok.stdout[-4000:] + ok.stderr[-2000:]
-    assert "SUCCEEDED" in ok.stdout + ok.stderr
+    assert "succeeded" in (ok.stdout + ok.stderr).lower()
     results = pd.read_parquet(tmp_path / "store" / "results")
     assert len(results) == 24 and results["job_id"].is_unique
+    assert set(results["git_sha"]) == {"sha-under-test"}
 
     bad = submit(address, env, "jobs.main", "--config", SMOKE, "--set", "fanout.stepz=1", *sets)
     assert bad.returncode != 0
-    assert "FAILED" in bad.stdout + bad.stderr
+    assert "failed" in (bad.stdout + bad.stderr).lower()
     assert "unknown config key 'fanout.stepz'" in bad.stdout + bad.stderr
