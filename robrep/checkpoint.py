@@ -66,14 +66,72 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> tuple[n
         state = torch.load(weights, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for corrupt/unsafe files
         raise CheckpointError(f"cannot read {weights}: {e}") from e
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        raise CheckpointError(f"{weights} does not match arch {meta['arch']!r}: {e}") from e
-    if result.missing_keys or result.unexpected_keys:
-        raise CheckpointError(
-            f"{weights} does not match arch {meta['arch']!r}: missing {result.missing_keys[:5]}, "
-            f"unexpected {result.unexpected_keys[:5]}"
-        )
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{weights} is not a state dict of tensors")
+    _load_exact(model, state, f"{weights} (arch {meta['arch']!r})")
     model.eval()
     return model, meta
+
+
+# The robustness library (MadryLab) saves {"model": state_dict, "epoch", "optimizer", "schedule"} where the
+# state dict holds the model twice, under `module.model.` and `module.attacker.model.`, and the
+# normalizer's (3, 1, 1) mean/std under `module.normalizer.new_mean` / `new_std`.
+ROBUSTNESS_PREFIX = "module.model."
+ROBUSTNESS_NORMALIZER = {"module.normalizer.new_mean": "normalize.mean", "module.normalizer.new_std": "normalize.std"}
+
+
+def import_robustness_checkpoint(
+    path: str | Path, arch: str, num_classes: int, meta: dict | None = None
+) -> tuple[nn.Module, dict]:
+    """Load a robustness-library checkpoint (e.g. the published robust ImageNet/CIFAR models) into `arch`.
+
+    Raises CheckpointError when the file is unreadable, is not in that layout, or does not fit `arch`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no robustness checkpoint at {str(path)!r}")
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # unsafe pickles and corrupt files raise several types
+        raise CheckpointError(f"cannot read {path} with weights_only=True: {e}") from e
+    state = blob.get("model", blob.get("state_dict")) if isinstance(blob, dict) else None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} has no 'model' or 'state_dict' entry; keys: {list(blob)[:10]}")
+    weights = {k[len(ROBUSTNESS_PREFIX):]: v for k, v in state.items() if k.startswith(ROBUSTNESS_PREFIX)}
+    if not weights:
+        raise CheckpointError(
+            f"{path} is not in the robustness layout: no key starts with {ROBUSTNESS_PREFIX!r} "
+            f"(first keys: {list(state)[:5]})"
+        )
+    for source, target in ROBUSTNESS_NORMALIZER.items():
+        if source not in state:
+            raise CheckpointError(f"{path} lacks {source!r}: cannot recover the model's normalization")
+        weights[target] = state[source].reshape(1, -1, 1, 1)
+    mean = state["module.normalizer.new_mean"].flatten().tolist()
+    std = state["module.normalizer.new_std"].flatten().tolist()
+    try:
+        model = create_model(arch, num_classes, mean, std)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from e
+    _load_exact(model, weights, f"{path} (as {arch})")
+    model.eval()
+    info = {
+        "arch": arch, "num_classes": num_classes, "mean": mean, "std": std, "source": "robustness",
+        "source_path": str(path), "epoch": blob.get("epoch"), **(meta or {}),
+    }
+    return model, info
+
+
+def _load_exact(model: nn.Module, weights: dict, what: str) -> None:
+    """load_state_dict that reports missing, unexpected and mis-shaped keys as one CheckpointError."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(weights))
+    unexpected = sorted(set(weights) - set(own))
+    shapes = [f"{k}: {tuple(weights[k].shape)} vs {tuple(own[k].shape)}"
+              for k in sorted(set(own) & set(weights)) if weights[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        raise CheckpointError(
+            f"{what} does not match: {len(missing)} missing {missing[:4]}, {len(unexpected)} unexpected "
+            f"{unexpected[:4]}, {len(shapes)} mis-shaped {shapes[:3]}"
+        )
+    model.load_state_dict(weights)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from robrep.objectives import inversion_loss
+from robrep.objectives import inversion
 from robrep.pgd import pgd
 
 
@@ -40,10 +40,7 @@ def invert(
     model.eval()
     with torch.no_grad():
         target_rep = model.representation(targets)  # (B, D)
-    result = pgd(
-        lambda x: inversion_loss(model.representation(x), target_rep),
-        x0, eps=eps, step_size=step_size, steps=steps, constraint=constraint,
-    )
+    result = pgd(inversion(model, target_rep), x0, eps=eps, step_size=step_size, steps=steps, constraint=constraint)
     with torch.no_grad():
         rep = model.representation(result.x)
         pred = model(result.x).argmax(1)

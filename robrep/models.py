@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
+import torchvision
 from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from robrep.errors import ConfigError
 
@@ -74,7 +77,113 @@ class SmallCNN(nn.Module):
         return self.fc(self.representation(x))
 
 
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {"small_cnn": SmallCNN}
+def _activate(x: torch.Tensor, fake: bool) -> torch.Tensor:
+    return _FakeReLU.apply(x) if fake else torch.relu(x)
+
+
+def _torchvision_block(block: nn.Module, x: torch.Tensor, fake_relu: bool) -> torch.Tensor:
+    """torchvision's BasicBlock/Bottleneck forward, with the final ReLU optionally fake."""
+    identity = x if block.downsample is None else block.downsample(x)
+    out = block.relu(block.bn1(block.conv1(x)))
+    if isinstance(block, Bottleneck):
+        out = block.bn3(block.conv3(block.relu(block.bn2(block.conv2(out)))))
+    else:
+        out = block.bn2(block.conv2(out))
+    return _activate(out + identity, fake_relu)
+
+
+class ResNet(torchvision.models.ResNet):
+    """torchvision's ImageNet ResNet (7x7 stem); R(x) is the avgpool output. Its state-dict keys are
+    torchvision's (and the robustness library's), plus `normalize.mean` / `normalize.std`."""
+
+    def __init__(self, depth: int, num_classes: int, mean: Sequence[float], std: Sequence[float]):
+        block, layers = {18: (BasicBlock, [2, 2, 2, 2]), 50: (Bottleneck, [3, 4, 6, 3])}[depth]
+        super().__init__(block, layers, num_classes=num_classes)
+        self.normalize = Normalize(mean, std)
+        self.representation_dim = self.fc.in_features
+
+    def representation(self, x: torch.Tensor, fake_relu: bool = False) -> torch.Tensor:
+        """x: (B, 3, H, W) in [0,1] -> (B, 512 or 2048)."""
+        h = self.maxpool(self.relu(self.bn1(self.conv1(self.normalize(x)))))
+        h = self.layer4[:-1](self.layer3(self.layer2(self.layer1(h))))
+        h = _torchvision_block(self.layer4[-1], h, fake_relu)
+        return torch.flatten(self.avgpool(h), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.representation(x))
+
+
+class VGG16(torchvision.models.VGG):
+    """torchvision's VGG16 (no BN); R(x) is the last 4096-d hidden layer, after its ReLU."""
+
+    def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float]):
+        features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"], batch_norm=False)
+        super().__init__(features, num_classes=num_classes)
+        self.normalize = Normalize(mean, std)
+        self.representation_dim = 4096
+
+    def representation(self, x: torch.Tensor, fake_relu: bool = False) -> torch.Tensor:
+        """x: (B, 3, H >= 32, W >= 32) in [0,1] -> (B, 4096)."""
+        h = torch.flatten(self.avgpool(self.features(self.normalize(x))), 1)
+        h = self.classifier[:3](h)  # Linear, ReLU, Dropout
+        return _activate(self.classifier[3](h), fake_relu)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier[5:](self.representation(x))  # Dropout, Linear
+
+
+class _CifarBlock(nn.Module):
+    """The 3x3 BasicBlock of CIFAR ResNets, with the robustness library's key names (`shortcut`)."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or c_in != c_out:
+            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+    def forward(self, x: torch.Tensor, fake_relu: bool = False) -> torch.Tensor:
+        out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
+        return _activate(out + self.shortcut(x), fake_relu)
+
+
+class CifarResNet18(nn.Module):
+    """ResNet-18 with a 3x3 stride-1 stem for 32 px images; R(x) is the 512-d pooled output."""
+
+    def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.normalize = Normalize(mean, std)
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        widths, c_in = (64, 128, 256, 512), 64
+        for i, width in enumerate(widths, start=1):
+            stride = 1 if i == 1 else 2
+            setattr(self, f"layer{i}", nn.Sequential(_CifarBlock(c_in, width, stride), _CifarBlock(width, width, 1)))
+            c_in = width
+        self.linear = nn.Linear(512, num_classes)
+        self.representation_dim = 512
+
+    def representation(self, x: torch.Tensor, fake_relu: bool = False) -> torch.Tensor:
+        """x: (B, 3, H, W) in [0,1] -> (B, 512)."""
+        h = torch.relu(self.bn1(self.conv1(self.normalize(x))))
+        h = self.layer3(self.layer2(self.layer1(h)))
+        h = self.layer4[1](self.layer4[0](h), fake_relu=fake_relu)
+        return torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.linear(self.representation(x))
+
+
+_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+    "small_cnn": SmallCNN,
+    "cifar_resnet18": CifarResNet18,
+    "resnet18": lambda **kw: ResNet(18, **kw),
+    "resnet50": lambda **kw: ResNet(50, **kw),
+    "vgg16": VGG16,
+}
 
 
 def list_models() -> list[str]:

@@ -1,8 +1,8 @@
 """Projected gradient descent over the input: the one engine behind attacks, training and every
-representation experiment. Every objective is a per-example loss that PGD *minimises*.
+representation experiment. Every objective is a per-example loss (B,) that PGD *minimises*.
 
-Cost: each step is one forward and one input-gradient backward; one extra no-grad forward at the end
-measures the loss of the returned iterate.
+Cost: each step is one forward and one input-gradient backward. One extra no-grad forward per restart
+measures the loss of the returned iterate. eps and step_size are in [0,1]-pixel units, a scalar or (B,).
 """
 
 from __future__ import annotations
@@ -12,47 +12,116 @@ from dataclasses import dataclass
 
 import torch
 
-LossFn = Callable[[torch.Tensor], torch.Tensor]  # (B, C, H, W) -> (B,)
-CONSTRAINTS = ("l2",)
+LossFn = Callable[[torch.Tensor], torch.Tensor]  # x (B, C, H, W) -> loss (B,)
+StopFn = Callable[[], torch.Tensor]  # () -> done (B,) bool, judged on the iterate of the last loss_fn call
 
 
 @dataclass
 class PGDResult:
-    x: torch.Tensor  # (B, C, H, W) final iterate, in [0,1]
+    x: torch.Tensor  # (B, C, H, W) returned iterate (last or best), in [0,1]
     loss: torch.Tensor  # (B,) loss at x
-    steps_taken: torch.Tensor  # (B,) int64
+    steps_taken: torch.Tensor  # (B,) int64: steps before the early stop (== steps when never stopped)
 
 
-def _per_example_norm(t: torch.Tensor) -> torch.Tensor:
-    """(B, ...) -> (B, 1, 1, 1) L2 norm, broadcastable back."""
+def _norm(t: torch.Tensor) -> torch.Tensor:
+    """(B, ...) -> (B, 1, ..., 1) per-example L2 norm, broadcastable back."""
     return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
 
 
-def l2_step(x: torch.Tensor, grad: torch.Tensor, step_size: torch.Tensor) -> torch.Tensor:
-    """Descend along the L2-normalised gradient: ||x_new - x|| = step_size (before projection)."""
-    return x - step_size * grad / _per_example_norm(grad)
+class L2Step:
+    """||x - center||_2 <= eps. Steps along the L2-normalised gradient: ||x_new - x|| = step_size."""
+
+    @staticmethod
+    def step(x: torch.Tensor, grad: torch.Tensor, step_size: torch.Tensor) -> torch.Tensor:
+        return x - step_size * grad / _norm(grad)
+
+    @staticmethod
+    def project(x: torch.Tensor, center: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        delta = x - center
+        return (center + delta * torch.clamp(eps / _norm(delta), max=1.0)).clamp(0.0, 1.0)
+
+    @staticmethod
+    def random_start(center: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        """Uniform in the ball: direction ~ Gaussian, radius ~ eps * U^(1/d)."""
+        noise = torch.randn(center.shape, generator=generator, dtype=center.dtype).to(center.device)
+        u = torch.rand((center.shape[0],), generator=generator, dtype=center.dtype).to(center.device)
+        radius = eps * u.pow(1.0 / center[0].numel()).view_as(eps)
+        return (center + radius * noise / _norm(noise)).clamp(0.0, 1.0)
 
 
-def l2_project(x: torch.Tensor, center: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Project x onto the L2 ball of radius eps (B,1,1,1) around center, then onto [0,1]."""
-    delta = x - center
-    delta = delta * torch.clamp(eps / _per_example_norm(delta), max=1.0)
-    return (center + delta).clamp(0.0, 1.0)
+class LinfStep:
+    """||x - center||_inf <= eps. Steps along the gradient's sign: every pixel moves by step_size."""
+
+    @staticmethod
+    def step(x: torch.Tensor, grad: torch.Tensor, step_size: torch.Tensor) -> torch.Tensor:
+        return x - step_size * grad.sign()
+
+    @staticmethod
+    def project(x: torch.Tensor, center: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return (center + torch.maximum(torch.minimum(x - center, eps), -eps)).clamp(0.0, 1.0)
+
+    @staticmethod
+    def random_start(center: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        u = torch.rand(center.shape, generator=generator, dtype=center.dtype).to(center.device)
+        return (center + (2 * u - 1) * eps).clamp(0.0, 1.0)
 
 
-def l2_random_start(center: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """A uniform point in the L2 ball around center (direction ~ Gaussian, radius ~ eps * U^(1/d))."""
-    noise = torch.randn(center.shape, generator=generator, device=center.device, dtype=center.dtype)
-    d = center[0].numel()
-    u = torch.rand((center.shape[0],), generator=generator, device=center.device, dtype=center.dtype)
-    radius = eps * u.pow(1.0 / d).view_as(eps)
-    return (center + radius * noise / _per_example_norm(noise)).clamp(0.0, 1.0)
+class UnconstrainedStep:
+    """Only [0,1] pixels. Steps like L2 (normalised gradient); eps only scales the random start."""
+
+    step = staticmethod(L2Step.step)
+    random_start = staticmethod(L2Step.random_start)
+
+    @staticmethod
+    def project(x: torch.Tensor, center: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+        return x.clamp(0.0, 1.0)
+
+
+STEPS = {"l2": L2Step, "linf": LinfStep, "unconstrained": UnconstrainedStep}
+
+
+def get_step(constraint: str):
+    if constraint not in STEPS:
+        raise ValueError(f"unknown constraint {constraint!r}; known: {sorted(STEPS)}")
+    return STEPS[constraint]
 
 
 def _as_column(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Scalar or (B,) -> (B, 1, 1, 1) on like's device."""
+    """Scalar or (B,) -> (B, 1, 1, 1) on like's device and dtype."""
     t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
     return t.expand(like.shape[0]).reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def _run(loss_fn, x, center, rule, eps, step_size, steps, keep_best, stop_fn) -> PGDResult:
+    """One PGD run from x. Examples flagged done by stop_fn freeze where they are."""
+    batch = x.shape[0]
+    active = torch.ones(batch, dtype=torch.bool, device=x.device)
+    steps_taken = torch.zeros(batch, dtype=torch.int64, device=x.device)
+    best_x, best_loss = x.clone(), torch.full((batch,), float("inf"), device=x.device)
+    for _ in range(steps):
+        x.requires_grad_(True)
+        loss = loss_fn(x)  # (B,)
+        (grad,) = torch.autograd.grad(loss.sum(), x)
+        with torch.no_grad():
+            x = x.detach()
+            if keep_best:
+                better = loss.detach() < best_loss
+                best_loss = torch.where(better, loss.detach(), best_loss)
+                best_x[better] = x[better]
+            if stop_fn is not None:
+                active &= ~stop_fn()
+                if not active.any():
+                    break
+            moved = rule.project(rule.step(x, grad, step_size), center, eps)
+            x = torch.where(active.view(-1, 1, 1, 1), moved, x)
+            steps_taken += active
+    with torch.no_grad():
+        final_loss = loss_fn(x).detach()
+    if keep_best:
+        better = final_loss < best_loss
+        best_x[better] = x[better]
+        return PGDResult(best_x, torch.where(better, final_loss, best_loss), steps_taken)
+    return PGDResult(x, final_loss, steps_taken)
 
 
 def pgd(
@@ -65,25 +134,37 @@ def pgd(
     constraint: str = "l2",
     center: torch.Tensor | None = None,
     random_start: bool = False,
+    restarts: int = 1,
+    keep: str = "last",
+    stop_fn: StopFn | None = None,
     generator: torch.Generator | None = None,
 ) -> PGDResult:
-    """Minimise loss_fn from x0 within ||x - center||_2 <= eps (center defaults to x0); pixels in [0,1].
+    """Minimise loss_fn from x0 within the `constraint` ball of radius eps around `center` (default x0).
 
-    eps, step_size: [0,1]-pixel L2 units, scalar or (B,).
+    restarts > 1 reruns from fresh random starts (needs random_start) and keeps each example's lowest
+    loss. keep="best" returns each example's best iterate seen, "last" the final one. stop_fn, called
+    right after each loss_fn(x), flags examples that are done: they stop moving, and steps_taken says when.
     """
-    if constraint not in CONSTRAINTS:
-        raise ValueError(f"unknown constraint {constraint!r}; known: {CONSTRAINTS}")
-    center = x0.detach() if center is None else center.detach()
+    rule = get_step(constraint)
+    if keep not in ("last", "best"):
+        raise ValueError(f"keep={keep!r}: use 'last' or 'best'")
+    if restarts < 1 or (restarts > 1 and not random_start):
+        raise ValueError("restarts must be >= 1, and restarts > 1 needs random_start=True")
+    x0 = x0.detach()
+    center = x0 if center is None else center.detach()
     eps_c, step_c = _as_column(eps, x0), _as_column(step_size, x0)
-    x = l2_random_start(center, eps_c, generator) if random_start else x0.detach().clone()
-    x = l2_project(x, center, eps_c)
-    for _ in range(steps):
-        x.requires_grad_(True)
-        loss = loss_fn(x)  # (B,)
-        (grad,) = torch.autograd.grad(loss.sum(), x)
-        with torch.no_grad():
-            x = l2_project(l2_step(x, grad, step_c), center, eps_c)
-    with torch.no_grad():
-        final_loss = loss_fn(x)
-    steps_taken = torch.full((x0.shape[0],), steps, dtype=torch.int64, device=x0.device)
-    return PGDResult(x=x.detach(), loss=final_loss.detach(), steps_taken=steps_taken)
+    best: PGDResult | None = None
+    for _ in range(restarts):
+        start = rule.random_start(center, eps_c, generator) if random_start else x0.clone()
+        start = rule.project(start, center, eps_c)
+        result = _run(loss_fn, start, center, rule, eps_c, step_c, steps, keep == "best", stop_fn)
+        if best is None:
+            best = result
+        else:
+            better = result.loss < best.loss
+            best = PGDResult(
+                torch.where(better.view(-1, 1, 1, 1), result.x, best.x),
+                torch.where(better, result.loss, best.loss),
+                torch.where(better, result.steps_taken, best.steps_taken),
+            )
+    return best

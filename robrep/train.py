@@ -23,6 +23,7 @@ class AttackSpec:
     step_size: float
     constraint: str = "l2"
     random_start: bool = True
+    restarts: int = 1  # > 1 keeps, per example, the strongest of several random starts
 
     def validate(self) -> None:
         if self.eps < 0:
@@ -31,12 +32,19 @@ class AttackSpec:
             raise ConfigError(f"attack steps={self.steps} must be >= 1 for an adversarial run")
         if self.step_size <= 0:
             raise ConfigError(f"attack step_size={self.step_size} must be > 0")
-        if self.constraint != "l2":
-            raise ConfigError(f"attack constraint={self.constraint!r}: only 'l2' is supported so far")
+        if self.constraint not in ("l2", "linf"):
+            raise ConfigError(f"attack constraint={self.constraint!r}: use 'l2' or 'linf'")
+        if self.restarts < 1 or (self.restarts > 1 and not self.random_start):
+            raise ConfigError(f"attack restarts={self.restarts}: must be >= 1, and > 1 needs random_start: true")
 
 
-def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec) -> torch.Tensor:
-    """PGD that maximises CE within the L2 ball, with the model in eval mode (BN statistics frozen)."""
+def adversarial_examples(
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec, keep: str = "last"
+) -> torch.Tensor:
+    """PGD that maximises CE within the eps-ball, with the model in eval mode (BN statistics frozen).
+
+    keep="best" returns each example's highest-loss iterate (for evaluation), "last" the final one.
+    """
     was_training = model.training
     model.eval()
     try:
@@ -48,6 +56,8 @@ def adversarial_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, att
             steps=attack.steps,
             constraint=attack.constraint,
             random_start=attack.random_start,
+            restarts=attack.restarts,
+            keep=keep,
         )
     finally:
         model.train(was_training)
@@ -78,14 +88,17 @@ def train_step(
 
 
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], attack: AttackSpec | None) -> dict:
-    """Clean accuracy, and adversarial accuracy under `attack` (NaN when None), over (x, y) batches."""
+    """Clean accuracy, and adversarial accuracy under `attack` (NaN when None), over (x, y) batches.
+
+    An example counts as robust only if the strongest iterate of every restart is still classified right.
+    """
     model.eval()
     n = clean = adv = 0
     for x, y in batches:
         with torch.no_grad():
             clean += int((model(x).argmax(1) == y).sum())
         if attack is not None:
-            x_adv = adversarial_examples(model, x, y, attack)
+            x_adv = adversarial_examples(model, x, y, attack, keep="best")
             with torch.no_grad():
                 adv += int((model(x_adv).argmax(1) == y).sum())
         n += len(y)

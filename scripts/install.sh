@@ -18,3 +18,7 @@ if [ ! -x "$venv/bin/python" ]; then
 fi
 echo "[install] pip: the project's dependencies (torch comes from the machine's local wheels)"
 "$venv/bin/python" -m pip install -q --disable-pip-version-check ".[test]"
+# Test-only: the MadryLab `robustness` library, the reference our PGD step and checkpoint import are checked
+# against. Its attack steps and model definitions need only torch; its declared dependencies (cox, tables,
+# GPUtil, ...) are not needed for that, so it is installed without them.
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "robustness==1.2.1.post2"

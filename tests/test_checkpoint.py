@@ -43,3 +43,72 @@ def test_pickled_code_is_refused(tmp_path):
     torch.save({"evil": torch.nn.ReLU()}, tmp_path / "m" / "model.pt")  # a module object, not a state dict
     with pytest.raises(CheckpointError, match="cannot read"):
         load_checkpoint(tmp_path / "m")
+
+
+# --- import of MadryLab robustness-library checkpoints ---------------------------------------------------
+
+from robrep.checkpoint import import_robustness_checkpoint  # noqa: E402
+
+
+def robustness_layout(state: dict, mean, std) -> dict:
+    """A checkpoint as robustness.train saves it: the model twice, plus the normalizer's (3,1,1) buffers."""
+    model = {f"module.model.{k}": v for k, v in state.items()}
+    model.update({f"module.attacker.model.{k}": v for k, v in state.items()})
+    for prefix in ("module.normalizer.", "module.attacker.normalize."):
+        model[prefix + "new_mean"] = torch.tensor(mean).view(3, 1, 1)
+        model[prefix + "new_std"] = torch.tensor(std).view(3, 1, 1)
+    return {"model": model, "epoch": 150, "optimizer": {"state": {}, "param_groups": []}}
+
+
+CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
+
+
+def test_import_of_a_real_robustness_cifar_resnet18(tmp_path):
+    """The reference library's own model class, saved in its layout, gives the same logits and R(x)."""
+    from robustness.cifar_models.resnet import ResNet18
+
+    torch.manual_seed(0)
+    reference = ResNet18(num_classes=10).eval()
+    torch.save(robustness_layout(reference.state_dict(), CIFAR_MEAN, CIFAR_STD), tmp_path / "cifar.pt")
+    model, meta = import_robustness_checkpoint(tmp_path / "cifar.pt", "cifar_resnet18", 10)
+    x = torch.rand(2, 3, 32, 32)
+    normalized = (x - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        logits, latent = reference(normalized, with_latent=True)
+        torch.testing.assert_close(model(x), logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(model.representation(x), latent, atol=1e-5, rtol=1e-5)
+    assert meta["mean"] == pytest.approx(CIFAR_MEAN) and meta["epoch"] == 150
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "vgg16"])
+def test_import_of_imagenet_layouts(tmp_path, arch):
+    """robustness's ImageNet models are torchvision's key for key (its own module no longer imports
+    against current torchvision), so the layout is synthesised from a torchvision model."""
+    import torchvision
+
+    torch.manual_seed(0)
+    reference = getattr(torchvision.models, arch)(num_classes=9).eval()
+    torch.save(robustness_layout(reference.state_dict(), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+               tmp_path / "in.pt")
+    model, _ = import_robustness_checkpoint(tmp_path / "in.pt", arch, 9)
+    x = torch.rand(1, 3, 64, 64)
+    normalized = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
+        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(normalized), atol=1e-4, rtol=1e-4)
+
+
+def test_import_mismatches_say_what_differs(tmp_path):
+    from robustness.cifar_models.resnet import ResNet18
+
+    state = ResNet18(num_classes=10).state_dict()
+    torch.save(robustness_layout(state, CIFAR_MEAN, CIFAR_STD), tmp_path / "cifar.pt")
+    with pytest.raises(CheckpointError, match="mis-shaped .*linear.weight"):
+        import_robustness_checkpoint(tmp_path / "cifar.pt", "cifar_resnet18", 100)  # wrong class count
+    with pytest.raises(CheckpointError, match="missing"):
+        import_robustness_checkpoint(tmp_path / "cifar.pt", "resnet18", 10)  # wrong architecture
+    torch.save({"model": {"conv1.weight": torch.zeros(1)}}, tmp_path / "plain.pt")
+    with pytest.raises(CheckpointError, match="not in the robustness layout"):
+        import_robustness_checkpoint(tmp_path / "plain.pt", "cifar_resnet18", 10)
+    with pytest.raises(CheckpointError, match="no robustness checkpoint"):
+        import_robustness_checkpoint(tmp_path / "absent.pt", "cifar_resnet18", 10)

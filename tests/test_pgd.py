@@ -1,15 +1,15 @@
-"""Invariants of the PGD engine and the inversion objective on tiny inputs."""
+"""Invariants of the PGD engine, for every constraint, on tiny inputs."""
 
 import pytest
 import torch
 
-from robrep.errors import ConfigError
 from robrep.experiments import invert, noise_image
-from robrep.models import create_model, list_models
-from robrep.objectives import inversion_loss
-from robrep.pgd import l2_project, l2_step, pgd
+from robrep.models import create_model
+from robrep.objectives import inversion, inversion_loss, untargeted_attack
+from robrep.pgd import STEPS, L2Step, pgd
 
 MEAN, STD = [0.3, 0.3, 0.3], [0.4, 0.4, 0.4]
+CONSTRAINTS = sorted(STEPS)
 
 
 def small_model(seed: int = 0) -> torch.nn.Module:
@@ -17,27 +17,31 @@ def small_model(seed: int = 0) -> torch.nn.Module:
     return create_model("small_cnn", 10, MEAN, STD, width=8).eval()
 
 
+def ball_distance(x, center, constraint):
+    delta = (x - center).flatten(1)
+    return delta.abs().max(dim=1).values if constraint == "linf" else delta.norm(dim=1)
+
+
 def test_l2_step_has_norm_step_size():
     x, grad = torch.rand(5, 3, 8, 8), torch.randn(5, 3, 8, 8)
     step = torch.tensor([0.1, 0.5, 1.0, 2.0, 3.0]).view(-1, 1, 1, 1)
-    moved = (l2_step(x, grad, step) - x).flatten(1).norm(dim=1)
+    moved = (L2Step.step(x, grad, step) - x).flatten(1).norm(dim=1)
     torch.testing.assert_close(moved, step.flatten())
 
 
-def test_projection_keeps_ball_and_pixel_range():
-    center = torch.rand(4, 3, 8, 8)
-    eps = torch.tensor([0.0, 0.1, 1.0, 5.0]).view(-1, 1, 1, 1)
-    x = center + torch.randn_like(center) * 3
-    projected = l2_project(x, center, eps)
-    assert ((projected - center).flatten(1).norm(dim=1) <= eps.flatten() + 1e-5).all()
-    assert projected.min() >= 0 and projected.max() <= 1
+def test_linf_step_moves_every_pixel_by_step_size():
+    x, grad = torch.rand(2, 3, 4, 4), torch.randn(2, 3, 4, 4)
+    moved = STEPS["linf"].step(x, grad, torch.tensor(0.03))
+    torch.testing.assert_close((moved - x).abs(), torch.full_like(x, 0.03))
 
 
+@pytest.mark.parametrize("constraint", CONSTRAINTS)
 @pytest.mark.parametrize("random_start", [False, True])
-def test_every_iterate_stays_in_the_ball(random_start):
+def test_every_iterate_stays_in_the_ball_and_in_pixel_range(constraint, random_start):
     model = small_model()
     x0, target = torch.rand(6, 3, 12, 12), torch.rand(6, 3, 12, 12)
-    eps = torch.tensor([0.05, 0.2, 0.5, 1.0, 2.0, 4.0])
+    center = torch.rand(6, 3, 12, 12)  # a ball centred away from the start, as the radius sweep needs
+    eps = torch.tensor([0.05, 0.2, 0.5, 1.0, 2.0, 4.0]) / (10 if constraint == "linf" else 1)
     with torch.no_grad():
         target_rep = model.representation(target)
     seen = []
@@ -46,20 +50,73 @@ def test_every_iterate_stays_in_the_ball(random_start):
         seen.append(x.detach().clone())
         return inversion_loss(model.representation(x), target_rep)
 
-    pgd(loss_fn, x0, eps=eps, step_size=0.3, steps=8, random_start=random_start)
+    result = pgd(loss_fn, x0, eps=eps, step_size=0.3, steps=8, constraint=constraint, center=center,
+                 random_start=random_start, generator=torch.Generator().manual_seed(1))
     assert len(seen) == 9  # 8 steps + the final measurement
     for x in seen:
-        assert ((x - x0).flatten(1).norm(dim=1) <= eps + 1e-5).all()
         assert x.min() >= 0 and x.max() <= 1
+        if constraint != "unconstrained":
+            assert (ball_distance(x, center, constraint) <= eps + 1e-5).all()
+    assert torch.equal(result.steps_taken, torch.full((6,), 8))
 
 
-def test_result_does_not_depend_on_the_batch():
+@pytest.mark.parametrize("constraint", CONSTRAINTS)
+def test_result_does_not_depend_on_the_batch(constraint):
     model = small_model()
     x0, target = torch.rand(5, 3, 12, 12), torch.rand(5, 3, 12, 12)
-    alone = invert(model, target[:1], x0[:1], eps=1000.0, step_size=0.1, steps=10)
-    batched = invert(model, target, x0, eps=1000.0, step_size=0.1, steps=10)
-    torch.testing.assert_close(alone["x"][0], batched["x"][0], atol=1e-5, rtol=0)
-    torch.testing.assert_close(alone["rep_dist"][0], batched["rep_dist"][0], atol=1e-5, rtol=1e-5)
+    with torch.no_grad():
+        reps = model.representation(target)
+    kw = {"eps": 0.5 if constraint == "linf" else 3.0, "step_size": 0.05, "steps": 10, "constraint": constraint}
+    alone = pgd(inversion(model, reps[:1]), x0[:1], **kw)
+    batched = pgd(inversion(model, reps), x0, **kw)
+    torch.testing.assert_close(alone.x[0], batched.x[0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(alone.loss[0], batched.loss[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("constraint", CONSTRAINTS)
+def test_restarts_are_never_worse_than_a_single_run(constraint):
+    model = small_model()
+    x, y = torch.rand(8, 3, 12, 12), torch.randint(0, 10, (8,))
+    kw = {"eps": 0.05 if constraint == "linf" else 0.5, "step_size": 0.02 if constraint == "linf" else 0.1,
+          "steps": 5, "constraint": constraint, "random_start": True}
+    single = pgd(untargeted_attack(model, y), x, generator=torch.Generator().manual_seed(3), **kw)
+    several = pgd(untargeted_attack(model, y), x, restarts=4, generator=torch.Generator().manual_seed(3), **kw)
+    assert (several.loss <= single.loss + 1e-6).all()  # the first restart replays the single run
+
+
+def test_keep_best_returns_the_lowest_loss_seen():
+    model = small_model()
+    x0, target = torch.rand(4, 3, 12, 12), torch.rand(4, 3, 12, 12)
+    with torch.no_grad():
+        reps = model.representation(target)
+    losses = []
+    loss_fn = inversion(model, reps)
+
+    def tracking(x):
+        out = loss_fn(x)
+        losses.append(out.detach())
+        return out
+
+    result = pgd(tracking, x0, eps=1000.0, step_size=2.0, steps=6, keep="best")  # a step too big: it oscillates
+    torch.testing.assert_close(result.loss, torch.stack(losses).min(dim=0).values)
+    torch.testing.assert_close(loss_fn(result.x), result.loss, atol=1e-5, rtol=1e-5)
+
+
+def test_stopped_examples_stop_moving_and_record_their_steps():
+    model = small_model()
+    x0, target = torch.rand(3, 3, 12, 12), torch.rand(3, 3, 12, 12)
+    calls = [0]
+
+    def loss_fn(x):
+        calls[0] += 1
+        return inversion(model, model.representation(target).detach())(x)
+
+    def stop_fn():  # example 0 is done at once, example 1 after 3 steps, example 2 never
+        return torch.tensor([True, calls[0] > 3, False])
+
+    result = pgd(loss_fn, x0, eps=1000.0, step_size=0.1, steps=6, stop_fn=stop_fn)
+    assert result.steps_taken.tolist() == [0, 3, 6]
+    assert torch.equal(result.x[0], x0[0])
 
 
 def test_inversion_reduces_representation_distance():
@@ -86,7 +143,8 @@ class _Counter(torch.autograd.Function):
         return grad
 
 
-def test_one_forward_and_one_input_gradient_per_step():
+@pytest.mark.parametrize("constraint", CONSTRAINTS)
+def test_one_forward_and_one_input_gradient_per_step(constraint):
     model = small_model()
     forwards = []
     model.block1.register_forward_hook(lambda *a: forwards.append(1))
@@ -95,7 +153,7 @@ def test_one_forward_and_one_input_gradient_per_step():
     _Counter.backward_calls = 0
     steps = 7
     pgd(lambda x: inversion_loss(model.representation(_Counter.apply(x)), target_rep), torch.rand(3, 3, 12, 12),
-        eps=1.0, step_size=0.1, steps=steps)
+        eps=1.0, step_size=0.1, steps=steps, constraint=constraint)
     assert len(forwards) == steps + 1  # one per step, plus one no-grad forward measuring the returned iterate
     assert _Counter.backward_calls == steps
 
@@ -106,23 +164,10 @@ def test_noise_image_is_the_papers_and_seeded():
     assert abs(a.mean().item() - 0.5) < 0.01 and 0.03 < a.std().item() < 0.07  # randn/20 + 0.5
 
 
-@pytest.mark.parametrize("name", list_models())
-def test_registered_models_have_representation_and_fake_relu_gradient(name):
-    model = create_model(name, 10, MEAN, STD).eval()
-    x = torch.rand(2, 3, 16, 16, requires_grad=True)
-    rep = model.representation(x)
-    assert rep.shape == (2, model.representation_dim)
-    assert model(x).shape == (2, 10)
-    # Make every last-layer unit dead: the plain ReLU passes no gradient, the fake one does.
-    with torch.no_grad():
-        last_bn = model.block3[1]
-        last_bn.bias.fill_(-100.0)
-    plain = torch.autograd.grad(model.representation(x)[:, 0].sum(), x)[0]
-    fake = torch.autograd.grad(model.representation(x, fake_relu=True)[:, 0].sum(), x)[0]
-    assert plain.abs().sum() == 0
-    assert fake.abs().sum() > 0
-
-
-def test_unknown_model_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="small_cnn"):
-        create_model("resnet9000", 10, MEAN, STD)
+def test_bad_arguments_are_refused():
+    model = small_model()
+    loss_fn = inversion(model, torch.rand(1, 32))
+    with pytest.raises(ValueError, match="unknown constraint"):
+        pgd(loss_fn, torch.rand(1, 3, 8, 8), eps=1.0, step_size=0.1, steps=1, constraint="l3")
+    with pytest.raises(ValueError, match="random_start"):
+        pgd(loss_fn, torch.rand(1, 3, 8, 8), eps=1.0, step_size=0.1, steps=1, restarts=2)

@@ -1,0 +1,52 @@
+"""Every registered model: representation width, logits, and the fake ReLU's gradient."""
+
+import pytest
+import torch
+
+from robrep.errors import ConfigError
+from robrep.models import create_model, list_models
+
+WIDTHS = {"small_cnn": 128, "cifar_resnet18": 512, "resnet18": 512, "resnet50": 2048, "vgg16": 4096}
+
+
+def test_registry_covers_the_documented_models():
+    assert set(list_models()) == set(WIDTHS)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_representation_width_and_logits(name):
+    torch.manual_seed(0)
+    model = create_model(name, 7, [0.4] * 3, [0.2] * 3).eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert model.representation(x).shape == (2, WIDTHS[name]) == (2, model.representation_dim)
+    assert model(x).shape == (2, 7)
+    assert torch.equal(model.normalize.mean.flatten(), torch.tensor([0.4] * 3))
+    assert "normalize.mean" in model.state_dict()
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_fake_relu_passes_gradient_where_the_relu_is_dead(name):
+    torch.manual_seed(0)
+    model = create_model(name, 7, [0.4] * 3, [0.2] * 3).eval()
+    x = torch.rand(4, 3, 32, 32, requires_grad=True)
+    for size in (4, 8, 32):  # small inputs leave a 1x1 last map, where whole coordinates die
+        x = torch.rand(4, 3, size, size, requires_grad=True)
+        try:
+            rep = model.representation(x)
+        except RuntimeError:
+            continue
+        dead = (rep == 0).nonzero()
+        if len(dead):
+            break
+    assert len(dead), f"{name}: found no dead coordinate to test with"
+    row, col = dead[0].tolist()
+    plain = torch.autograd.grad(model.representation(x)[row, col], x)[0]
+    fake = torch.autograd.grad(model.representation(x, fake_relu=True)[row, col], x)[0]
+    assert plain.abs().sum() == 0
+    assert fake[row].abs().sum() > 0
+    torch.testing.assert_close(model.representation(x, fake_relu=True), model.representation(x))  # same forward
+
+
+def test_unknown_model_lists_the_known_ones():
+    with pytest.raises(ConfigError, match="known models: .*resnet50"):
+        create_model("resnet9000", 10, [0.5] * 3, [0.2] * 3)
