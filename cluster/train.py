@@ -53,7 +53,7 @@ def train_loop_per_worker(config: dict) -> None:
     # Built after Ray set up the process group, so distributed=True gives each rank a disjoint shard.
     loader = make_loader(
         config["train_path"], config["batch_size"] // world, train=True, distributed=world > 1,
-        seed=config["seed"], translate=config["translate"],
+        seed=config["seed"], augment=config["augment"], padding=config["padding"],
     )
     attack = AttackSpec(**config["attack"]) if config["attack"] else None
     for epoch in range(start_epoch, config["epochs"]):

@@ -1,6 +1,8 @@
 """Writing `.beton` files with FFCV's DatasetWriter and reading them back with FFCV's Loader.
 
-Every `.beton` has a sidecar `<name>.json` with classes, counts per class, mean/std and resolution.
+Every `.beton` has a sidecar `<name>.json`: source, classes, label names, counts per class, mean/std,
+resolution, write options, and the files that were skipped and why. Loaders return [0,1] floats in
+channels_last; models normalize.
 """
 
 from __future__ import annotations
@@ -17,9 +19,14 @@ from robrep.errors import DataError
 _TORCH_THREADS = torch.get_num_threads()  # `import ffcv` sets torch to 1 thread; restore it afterwards
 try:
     from ffcv.fields import IntField, RGBImageField
-    from ffcv.fields.decoders import IntDecoder, SimpleRGBImageDecoder
+    from ffcv.fields.decoders import (
+        CenterCropRGBImageDecoder,
+        IntDecoder,
+        RandomResizedCropRGBImageDecoder,
+        SimpleRGBImageDecoder,
+    )
     from ffcv.loader import Loader, OrderOption
-    from ffcv.transforms import NormalizeImage, RandomTranslate, Squeeze, ToTensor, ToTorchImage
+    from ffcv.transforms import NormalizeImage, RandomHorizontalFlip, RandomTranslate, Squeeze, ToTensor, ToTorchImage
     from ffcv.writer import DatasetWriter
 except ImportError as e:  # FFCV is the product: no silent fallback to another loader
     raise ImportError(
@@ -28,16 +35,13 @@ except ImportError as e:  # FFCV is the product: no silent fallback to another l
     ) from e
 torch.set_num_threads(_TORCH_THREADS)
 
-
-class _ArrayDataset:
-    def __init__(self, images: np.ndarray, labels: np.ndarray):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int) -> tuple[np.ndarray, int]:
-        return self.images[i], int(self.labels[i])
+WRITE_MODES = ("raw", "jpg", "proportion", "smart")
+# Train-time augmentation, per kind of data:
+#   rrc_flip:  RandomResizedCrop + horizontal flip (ImageNet-like); val: centre crop (ratio 224/256)
+#   crop_flip: random crop with `padding` + flip (CIFAR-like, 32 px); val: the image as is
+#   translate: random crop with `padding`, no flip (digits: a flipped digit is another symbol)
+#   none:      the image as is
+AUGMENTS = ("rrc_flip", "crop_flip", "translate", "none")
 
 
 def sidecar_path(beton: str | Path) -> Path:
@@ -46,39 +50,52 @@ def sidecar_path(beton: str | Path) -> Path:
 
 def write_beton(
     path: str | Path,
-    images: np.ndarray,
-    labels: np.ndarray,
+    source,
     *,
-    info: dict,
     write_mode: str = "raw",
+    max_resolution: int | None = None,
+    jpeg_quality: int = 90,
+    compress_probability: float = 0.5,
     num_workers: int = 1,
+    augment: str = "none",
+    info: dict | None = None,
 ) -> Path:
-    """Write (N, H, W, 3) uint8 images and (N,) labels to `path` plus its sidecar, atomically.
+    """Write a `datasets.sources.Source` (or anything indexable as (H x W x 3 uint8, label) with
+    `labels`, `label_names`, `name`, `mean`, `std`, `skipped`) to `path`, plus its sidecar.
 
-    FFCV writes to `<path>.tmp`, which is renamed only once complete: a killed writer leaves no `.beton`.
+    FFCV writes `<path>.tmp`, renamed only once complete: a killed writer leaves no `.beton` behind.
     """
-    if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
-        raise DataError(f"images must be (N, H, W, 3) uint8, got {images.shape} {images.dtype}")
-    if len(images) != len(labels):
-        raise DataError(f"{len(images)} images but {len(labels)} labels")
+    if write_mode not in WRITE_MODES:
+        raise DataError(f"write_mode={write_mode!r}: use one of {WRITE_MODES}")
+    if augment not in AUGMENTS:
+        raise DataError(f"augment={augment!r}: use one of {AUGMENTS}")
+    if len(source) == 0:
+        raise DataError(f"{source.name} has no images to write")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    fields = {
-        "image": RGBImageField(write_mode=write_mode, max_resolution=max(images.shape[1:3])),
-        "label": IntField(),
-    }
-    DatasetWriter(str(tmp), fields, num_workers=num_workers).from_indexed_dataset(_ArrayDataset(images, labels))
-    pixels = images.reshape(-1, 3).astype(np.float64) / 255.0
-    counts = np.bincount(labels, minlength=info.get("num_classes", 0)).tolist()
+    image_field = RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality,
+                                compress_probability=compress_probability)
+    DatasetWriter(str(tmp), {"image": image_field, "label": IntField()}, num_workers=num_workers).from_indexed_dataset(
+        source
+    )
+    first = source[0][0]
+    resolution = max(first.shape[:2]) if max_resolution is None else min(max_resolution, max(first.shape[:2]))
     sidecar = {
-        **info,
-        "num_images": int(len(labels)),
-        "counts_per_class": counts,
-        "mean": pixels.mean(0).tolist(),
-        "std": pixels.std(0).clip(1e-3).tolist(),
-        "resolution": int(images.shape[1]),
+        "source": source.name,
+        "num_images": len(source),
+        "num_classes": len(source.label_names),
+        "label_names": list(source.label_names),
+        "counts_per_class": np.bincount(source.labels, minlength=len(source.label_names)).tolist(),
+        "mean": list(source.mean),
+        "std": list(source.std),
+        "resolution": int(resolution),
         "write_mode": write_mode,
+        "max_resolution": max_resolution,
+        "jpeg_quality": jpeg_quality,
+        "augment": augment,
+        "skipped": list(source.skipped),
+        **(info or {}),
     }
     side_tmp = sidecar_path(path).with_suffix(".json.tmp")
     side_tmp.write_text(json.dumps(sidecar, indent=2))
@@ -98,6 +115,24 @@ def read_info(path: str | Path) -> dict:
     return json.loads(side.read_text())
 
 
+def _image_pipeline(train: bool, augment: str, resolution: int, padding: int) -> list:
+    if augment == "rrc_flip":
+        decoder = RandomResizedCropRGBImageDecoder((resolution, resolution)) if train else (
+            CenterCropRGBImageDecoder((resolution, resolution), ratio=224 / 256))
+        steps = [decoder] + ([RandomHorizontalFlip()] if train else [])
+    else:
+        steps = [SimpleRGBImageDecoder()]
+        if train and augment in ("crop_flip", "translate"):
+            steps.append(RandomTranslate(padding=padding))
+        if train and augment == "crop_flip":
+            steps.append(RandomHorizontalFlip())
+    return steps + [
+        NormalizeImage(np.zeros(3), np.full(3, 255.0), np.float32),  # uint8 -> [0,1] float32
+        ToTensor(),
+        ToTorchImage(channels_last=True),
+    ]
+
+
 def make_loader(
     path: str | Path,
     batch_size: int,
@@ -106,24 +141,24 @@ def make_loader(
     distributed: bool = False,
     seed: int = 0,
     num_workers: int = 1,
-    translate: int = 0,
+    augment: str | None = None,
+    resolution: int | None = None,
+    padding: int = 4,
+    indices: list[int] | None = None,
 ) -> Loader:
-    """An FFCV Loader of ([0,1] float (B,3,H,W) channels_last, int64 labels (B,)).
+    """An FFCV Loader of ([0,1] float (B,3,R,R) channels_last, int64 labels (B,)).
 
-    train=True shuffles (RANDOM: QUASI_RANDOM is unavailable when distributed) and drops the last
-    partial batch; train=False reads in order and keeps every image. Batches are reused buffers:
-    `.clone()` what you keep past the next iteration.
+    train=True shuffles (RANDOM: QUASI_RANDOM is unavailable when distributed), augments, and drops the
+    last partial batch; train=False reads in index order, centre-crops where the augment crops, and
+    keeps every image. `augment` and `resolution` default to the sidecar's. distributed=True gives each
+    rank of the process group a disjoint shard. Batches are reused buffers: `.clone()` what you keep.
     """
-    read_info(path)
+    info = read_info(path)
+    augment = augment or info.get("augment", "none")
+    if augment not in AUGMENTS:
+        raise DataError(f"augment={augment!r}: use one of {AUGMENTS}")
+    resolution = resolution or info["resolution"]
     threads = torch.get_num_threads()
-    image_pipeline = [SimpleRGBImageDecoder()]
-    if train and translate > 0:
-        image_pipeline.append(RandomTranslate(padding=translate))
-    image_pipeline += [
-        NormalizeImage(np.zeros(3), np.full(3, 255.0), np.float32),  # uint8 -> [0,1] float32
-        ToTensor(),
-        ToTorchImage(channels_last=True),
-    ]
     loader = Loader(
         str(path),
         batch_size=batch_size,
@@ -132,16 +167,35 @@ def make_loader(
         drop_last=train,
         distributed=distributed,
         seed=seed,
-        pipelines={"image": image_pipeline, "label": [IntDecoder(), ToTensor(), Squeeze(1)]},
+        indices=indices,
+        pipelines={
+            "image": _image_pipeline(train, augment, resolution, padding),
+            "label": [IntDecoder(), ToTensor(), Squeeze(1)],
+        },
     )
-    torch.set_num_threads(threads)  # importing ffcv and building a Loader reset torch's thread count
+    torch.set_num_threads(threads)  # building a Loader resets torch's thread count
     return loader
 
 
-def read_all(path: str | Path, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image in index order: ((N,3,H,W) float in [0,1], (N,) int64). For random access by index."""
+def read_indices(path: str | Path, indices, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images by index, deterministically (val pipeline: no augmentation), in the order asked for:
+    ((len(indices), 3, R, R) float in [0,1], (len(indices),) int64). For fan-out workers."""
+    indices = [int(i) for i in indices]
+    size = read_info(path)["num_images"]
+    bad = [i for i in indices if not 0 <= i < size]
+    if bad:
+        raise DataError(f"indices {bad[:5]} are out of range for {path} ({size} images)")
+    unique = sorted(set(indices))
     images, labels = [], []
-    for x, y in make_loader(path, batch_size, train=False):
+    for x, y in make_loader(path, batch_size, train=False, indices=unique):
         images.append(x.contiguous().clone())
         labels.append(y.long().clone())
-    return torch.cat(images), torch.cat(labels)
+    images, labels = torch.cat(images), torch.cat(labels)
+    where = {index: row for row, index in enumerate(unique)}
+    order = torch.tensor([where[i] for i in indices], dtype=torch.long)
+    return images[order], labels[order]
+
+
+def read_all(path: str | Path, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every image in index order (val pipeline): ((N,3,R,R) float in [0,1], (N,) int64)."""
+    return read_indices(path, range(read_info(path)["num_images"]), batch_size)

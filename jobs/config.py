@@ -53,7 +53,8 @@ class ModelSpec:
     weight_decay: float = 5e-4
     lr_milestones: tuple[int, ...] = (10,)
     lr_gamma: float = 0.1
-    translate: int = 0  # random translation in pixels (train only)
+    augment: Literal["rrc_flip", "crop_flip", "translate", "none"] | None = None  # None: the dataset's default
+    padding: int = 4  # pixels, for crop_flip and translate
     seed: int = 0
     attack: AttackSpec | None = None
     eval_attack: AttackSpec | None = None  # PGD for adversarial test accuracy; None = no adversarial eval

@@ -31,7 +31,8 @@ def _loop_config(spec: ModelSpec, info: dict, train_path: Path) -> dict:
         "arch": spec.arch, "width": spec.width, "num_classes": info["num_classes"], "mean": info["mean"],
         "std": info["std"], "train_path": str(train_path), "batch_size": spec.batch_size, "epochs": spec.epochs,
         "lr": spec.lr, "momentum": spec.momentum, "weight_decay": spec.weight_decay,
-        "lr_milestones": list(spec.lr_milestones), "lr_gamma": spec.lr_gamma, "translate": spec.translate,
+        "lr_milestones": list(spec.lr_milestones), "lr_gamma": spec.lr_gamma, "augment": spec.augment,
+        "padding": spec.padding,
         "seed": spec.seed, "threads": max(1, int(spec.cpus_per_worker)),
         "attack": None if spec.attack is None else vars(spec.attack),
     }

@@ -6,6 +6,7 @@ import torch
 
 from datasets.beton import make_loader, read_all, read_info, write_beton
 from datasets.digits import load_digits_rgb, split_indices
+from datasets.sources import _array_source
 from robrep.errors import DataError
 
 pytestmark = pytest.mark.ffcv
@@ -15,7 +16,7 @@ def test_digits_round_trip_labels_and_pixels(tmp_path):
     images, labels = load_digits_rgb(16)
     train, test = split_indices(labels, 0.2, seed=0)
     assert len(set(train) & set(test)) == 0 and len(train) + len(test) == len(labels) == 1797
-    path = write_beton(tmp_path / "test.beton", images[test], labels[test], info={"num_classes": 10})
+    path = write_beton(tmp_path / "test.beton", _array_source("digits", images[test], labels[test], list("0123456789")))
     x, y = read_all(path)
     assert x.dtype == torch.float32 and x.min() >= 0 and x.max() <= 1
     assert torch.equal(y, torch.from_numpy(labels[test]))
@@ -28,7 +29,7 @@ def test_digits_round_trip_labels_and_pixels(tmp_path):
 
 def test_train_loader_shuffles_and_drops_last(tmp_path):
     images, labels = load_digits_rgb(16)
-    path = write_beton(tmp_path / "d.beton", images[:100], labels[:100], info={"num_classes": 10})
+    path = write_beton(tmp_path / "d.beton", _array_source("digits", images[:100], labels[:100], list("0123456789")))
     loader = make_loader(path, 32, train=True, seed=1)
     batches = [y.clone() for _, y in loader]
     assert [len(b) for b in batches] == [32, 32, 32]
