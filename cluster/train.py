@@ -1,25 +1,42 @@
 """Ray Train V2 wiring: a TorchTrainer whose workers read FFCV shards and run robrep's training steps.
 
 Each epoch ends in a checkpoint (model, optimizer, scheduler, epoch, RNG) reported by rank 0, so a
-rerun with the same name, or a restarted worker group, continues at the next epoch.
+rerun with the same name, or a worker group restarted after a failure, continues at the next epoch.
+Rank 0 also commits one `train_metrics` row per epoch to the store (a rerun of an epoch replaces it).
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import ray.train
 import torch
+import torch.distributed as dist
+import torch.nn.functional as F
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer, prepare_model
+from ray.train.torch import TorchTrainer, get_device, prepare_model
 
+from cluster.store import append_rows
 from datasets.beton import make_loader
 from robrep.models import create_model
-from robrep.train import AttackSpec, train_step
+from robrep.store import TRAIN_METRICS_SCHEMA, now_utc, to_table
+from robrep.train import AttackSpec, adversarial_examples
 
 STATE_FILE = "state.pt"
+
+
+def make_scheduler(optimizer, milestones, gamma: float, warmup_epochs: int):
+    """Step schedule (x gamma at each milestone epoch), after an optional linear warmup from lr/10."""
+    step = torch.optim.lr_scheduler.MultiStepLR(optimizer, [m - warmup_epochs for m in milestones], gamma)
+    if warmup_epochs == 0:
+        return step
+    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup_epochs)
+    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, step], milestones=[warmup_epochs])
 
 
 def _restore(model, optimizer, scheduler) -> int:
@@ -36,48 +53,123 @@ def _restore(model, optimizer, scheduler) -> int:
     return int(state["epoch"]) + 1
 
 
+def _all_reduce(values: list[float], device) -> list[float]:
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+    return t.tolist()
+
+
+def _sync_buffers(model) -> None:
+    """Give every rank rank 0's BatchNorm statistics. DDP broadcasts buffers at the start of each forward,
+    so after the epoch's last forward each rank holds its own; evaluation and checkpoints need one set."""
+    if dist.is_available() and dist.is_initialized():
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)
+
+
+def _evaluate(model, loader, attack: AttackSpec | None, device, max_images: int | None) -> tuple[float, float]:
+    """Clean and adversarial accuracy over this rank's shard, summed over ranks. The attack keeps each
+    example's strongest iterate. (DistributedSampler pads shards by at most world_size - 1 repeats.)"""
+    model.eval()
+    n = clean = adv = 0
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        with torch.no_grad():
+            clean += int((model(x).argmax(1) == y).sum())
+        if attack is not None:
+            x_adv = adversarial_examples(model, x, y, attack, keep="best")
+            with torch.no_grad():
+                adv += int((model(x_adv).argmax(1) == y).sum())
+        n += len(y)
+        if max_images is not None and n >= max_images:
+            break
+    n, clean, adv = _all_reduce([n, clean, adv], device)
+    return clean / max(n, 1), (adv / max(n, 1) if attack is not None else float("nan"))
+
+
+def _audit(folder: str | None, rank: int, epoch: int, labels: list[torch.Tensor], model) -> None:
+    """For tests and forensics: the labels this rank trained on, its pid and a hash of its weights."""
+    if folder is None:
+        return
+    digest = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes() for v in model.state_dict().values()))
+    record = {"labels": torch.cat(labels) if labels else torch.empty(0), "pid": os.getpid(),
+              "node_id": ray.get_runtime_context().get_node_id(), "weights_sha256": digest.hexdigest()}
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    torch.save(record, Path(folder) / f"rank{rank}_epoch{epoch}_pid{os.getpid()}.pt")
+
+
 def train_loop_per_worker(config: dict) -> None:
-    """Runs on every Ray Train worker. `config` holds plain values only (see `fit`)."""
+    """Runs on every Ray Train worker. `config` holds plain values only (see jobs/train.py)."""
     torch.set_num_threads(config["threads"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = get_device()
     torch.manual_seed(config["seed"])
-    model = create_model(config["arch"], config["num_classes"], config["mean"], config["std"], width=config["width"])
+    model = create_model(config["arch"], config["num_classes"], config["mean"], config["std"], **config["arch_kwargs"])
     model = model.to(memory_format=torch.channels_last)
-    ddp_model = prepare_model(model)
+    ddp_model = prepare_model(model)  # moves to `device`; DDP over gloo (CPU) or NCCL (GPU)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config["lr"], momentum=config["momentum"], weight_decay=config["weight_decay"]
     )
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, list(config["lr_milestones"]), config["lr_gamma"])
+    scheduler = make_scheduler(optimizer, config["lr_milestones"], config["lr_gamma"], config["warmup_epochs"])
     start_epoch = _restore(model, optimizer, scheduler)
     # Built after Ray set up the process group, so distributed=True gives each rank a disjoint shard.
-    loader = make_loader(
-        config["train_path"], config["batch_size"] // world, train=True, distributed=world > 1,
-        seed=config["seed"], augment=config["augment"], padding=config["padding"],
-    )
+    loader = make_loader(config["train_path"], config["batch_size"] // world, train=True, distributed=world > 1,
+                         seed=config["seed"], augment=config["augment"], padding=config["padding"])
+    test_loader = make_loader(config["test_path"], max(1, config["batch_size"] // world), train=False,
+                              distributed=world > 1)
     attack = AttackSpec(**config["attack"]) if config["attack"] else None
+    eval_attack = AttackSpec(**config["eval_attack"]) if config["eval_attack"] else None
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config["bf16"]
+                else contextlib.nullcontext())
     for epoch in range(start_epoch, config["epochs"]):
         loader.next_epoch = epoch  # the shuffle of epoch e is seeded by (seed, e), so a resume replays it
-        start, seen, correct, loss_sum, batches = time.time(), 0, 0, 0.0, 0
+        model.train()
+        start, seen, correct, loss_sum, batches, labels = time.time(), 0, 0, 0.0, 0, []
         for x, y in loader:
-            loss, hits = train_step(ddp_model, optimizer, x, y, attack, attack_model=model)
-            seen, correct, loss_sum, batches = seen + len(y), correct + hits, loss_sum + loss, batches + 1
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            with autocast:
+                inputs = x if attack is None else adversarial_examples(model, x, y, attack)  # eval mode inside
+                model.train()
+                logits = ddp_model(inputs)
+                loss = F.cross_entropy(logits, y, label_smoothing=config["label_smoothing"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen, batches = seen + len(y), batches + 1
+            correct, loss_sum = correct + int((logits.argmax(1) == y).sum()), loss_sum + loss.item()
+            if config["audit_dir"]:
+                labels.append(y.cpu().clone())
+        _sync_buffers(model)
+        lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
-        seconds = time.time() - start
+        train_seconds = time.time() - start
+        seen_all, correct_all, loss_all = _all_reduce([seen, correct, loss_sum / max(batches, 1)], device)
+        evaluate_now = (epoch + 1) % config["eval_every"] == 0 or epoch + 1 == config["epochs"]
+        last = epoch + 1 == config["epochs"]  # the last epoch is evaluated on the whole test set
+        cap = None if last or config["eval_max_images"] is None else max(1, config["eval_max_images"] // world)
+        clean_acc, adv_acc = (_evaluate(model, test_loader, eval_attack, device, cap)
+                              if evaluate_now else (float("nan"), float("nan")))
         metrics = {
-            "epoch": epoch, "rank": rank, "loss": loss_sum / max(batches, 1), "train_acc": correct / max(seen, 1),
-            "lr": optimizer.param_groups[0]["lr"], "seconds": seconds, "images_per_s": seen * world / seconds,
+            "model_id": config["model_id"], "epoch": epoch, "loss": loss_all / world,
+            "train_acc": correct_all / seen_all,
+            "clean_acc": clean_acc, "adv_acc": adv_acc, "lr": lr, "images_per_s": seen_all / train_seconds,
+            "seconds": time.time() - start, "world_size": world, "created_at": now_utc(),
         }
+        _audit(config["audit_dir"], rank, epoch, labels, model)
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:
+                append_rows(config["store"], "train_metrics", to_table([metrics], TRAIN_METRICS_SCHEMA),
+                            key=f"{config['model_id']}/{epoch}")
                 state = {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": torch.get_rng_state(),
                 }
                 torch.save(state, Path(folder) / STATE_FILE)
                 checkpoint = Checkpoint.from_directory(folder)
-            ray.train.report(metrics, checkpoint=checkpoint)
+            ray.train.report({k: v for k, v in metrics.items() if k != "created_at"}, checkpoint=checkpoint)
 
 
 def fit(

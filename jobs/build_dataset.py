@@ -26,16 +26,24 @@ DEFAULT_AUGMENT = {"digits": "none", "cifar10": "crop_flip", "imagefolder": "rrc
 
 
 def build(data: DataSpec, force: bool = False) -> None:
-    """Write <data.dir>/{train,test}.beton for an experiment unless both exist (idempotent)."""
-    from datasets.beton import write_beton
-    from datasets.sources import digits
+    """Write <data.dir>/{train,test}.beton for an experiment unless both exist (idempotent).
 
-    if not force and data.path("train").is_file() and data.path("test").is_file():
-        print(f"[data] {data.path('train').parent} already holds train.beton and test.beton", flush=True)
+    `files` data is never built here: its betons must exist (DataError naming the command otherwise).
+    """
+    from datasets.beton import read_info, write_beton
+    from datasets.sources import digits, synthetic
+
+    if data.source == "files" or (not force and data.path("train").is_file() and data.path("test").is_file()):
+        for split in ("train", "test"):
+            read_info(data.path(split))
+        print(f"[data] using {data.path('train').parent}/{{train,test}}.beton", flush=True)
         return
-    for split in ("train", "test"):
-        source = digits(data.resolution, split, data.test_fraction, data.split_seed)
-        write_beton(data.path(split), source, augment=DEFAULT_AUGMENT["digits"], info={"split": split})
+    for seed, split in enumerate(("train", "test")):
+        if data.source == "digits":
+            source = digits(data.resolution, split, data.test_fraction, data.split_seed)
+        else:
+            source = synthetic(data.num_classes, data.per_class, data.resolution, data.split_seed * 2 + seed)
+        write_beton(data.path(split), source, augment=DEFAULT_AUGMENT[data.source], info={"split": split})
         print(f"[data] wrote {data.path(split)}: {len(source)} images at {data.resolution}px", flush=True)
 
 

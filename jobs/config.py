@@ -23,10 +23,18 @@ class RaySpec:
 
 @dataclass(frozen=True)
 class DataSpec:
-    source: Literal["digits"] = "digits"
-    resolution: int = 16  # pixels per side
-    test_fraction: float = 0.2
+    """Where the experiment's data lives: <dir>/train.beton and <dir>/test.beton.
+
+    digits and synthetic are built in (jobs.main builds them when missing); `files` means betons you
+    built with `python -m jobs.build_dataset --out <dir>/train.beton ...` (ImageNet, CIFAR-10, ...).
+    """
+
+    source: Literal["digits", "synthetic", "files"] = "digits"
+    resolution: int = 16  # pixels per side (digits, synthetic)
+    test_fraction: float = 0.2  # digits
     split_seed: int = 0
+    num_classes: int = 10  # synthetic
+    per_class: int = 20  # synthetic, per split
     dir: str = "runs/digits/data"  # holds train.beton, test.beton and their sidecars
 
     def validate(self) -> None:
@@ -51,18 +59,25 @@ class ModelSpec:
     lr: float = 0.1
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    lr_milestones: tuple[int, ...] = (10,)
+    lr_milestones: tuple[int, ...] = (10,)  # epochs at which lr is multiplied by lr_gamma (paper: 30, 60)
     lr_gamma: float = 0.1
+    warmup_epochs: int = 0  # linear warmup from lr/10 before the step schedule
+    label_smoothing: float = 0.0
     augment: Literal["rrc_flip", "crop_flip", "translate", "none"] | None = None  # None: the dataset's default
     padding: int = 4  # pixels, for crop_flip and translate
     seed: int = 0
     attack: AttackSpec | None = None
     eval_attack: AttackSpec | None = None  # PGD for adversarial test accuracy; None = no adversarial eval
+    eval_every: int = 1  # epochs between evaluations during training (the last epoch is always evaluated)
+    eval_max_images: int | None = None  # evaluate during training on the first n test images (None: all)
+    bf16: bool = True  # bf16 autocast, on GPU only
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # with use_gpu
     placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    max_failures: int = 0
+    max_failures: int = 0  # worker-group restarts from the last checkpoint before the run fails
+    audit: bool = False  # each rank records its labels, pid and weight hash per epoch under <storage>/audit
 
     def validate(self) -> None:
         if self.arch not in list_models():
@@ -72,6 +87,9 @@ class ModelSpec:
                 raise ConfigError(f"train {self.model_id}: {key}={getattr(self, key)} must be >= 1")
         if self.batch_size < self.num_workers:
             raise ConfigError(f"train {self.model_id}: batch_size {self.batch_size} < num_workers {self.num_workers}")
+        if self.lr <= 0 or not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0 or self.max_failures < 0:
+            raise ConfigError(f"train {self.model_id}: need lr > 0, 0 <= label_smoothing < 1, warmup_epochs >= 0, "
+                              "max_failures >= 0")
 
 
 @dataclass(frozen=True)

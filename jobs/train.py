@@ -16,25 +16,37 @@ import torch
 from jobs.common import git_sha, run_entry_point
 from jobs.config import ExperimentConfig, ModelSpec
 from robrep.checkpoint import read_meta, save_checkpoint
-from robrep.errors import CheckpointError
+from robrep.errors import CheckpointError, DataError
 from robrep.models import create_model
 from robrep.store import MODELS_SCHEMA, now_utc, read_table, to_table
-from robrep.train import evaluate
 
 
 def final_checkpoint_dir(config: ExperimentConfig, model_id: str) -> Path:
     return config.storage_root / "models" / model_id
 
 
-def _loop_config(spec: ModelSpec, info: dict, train_path: Path) -> dict:
+def audit_dir(config: ExperimentConfig, model_id: str) -> Path:
+    return config.storage_root / "audit" / model_id
+
+
+def arch_kwargs(spec: ModelSpec) -> dict:
+    return {"width": spec.width} if spec.arch == "small_cnn" else {}
+
+
+def _loop_config(config: ExperimentConfig, spec: ModelSpec, info: dict) -> dict:
     return {
-        "arch": spec.arch, "width": spec.width, "num_classes": info["num_classes"], "mean": info["mean"],
-        "std": info["std"], "train_path": str(train_path), "batch_size": spec.batch_size, "epochs": spec.epochs,
-        "lr": spec.lr, "momentum": spec.momentum, "weight_decay": spec.weight_decay,
-        "lr_milestones": list(spec.lr_milestones), "lr_gamma": spec.lr_gamma, "augment": spec.augment,
-        "padding": spec.padding,
-        "seed": spec.seed, "threads": max(1, int(spec.cpus_per_worker)),
+        "model_id": spec.model_id, "arch": spec.arch, "arch_kwargs": arch_kwargs(spec),
+        "num_classes": info["num_classes"], "mean": info["mean"], "std": info["std"],
+        "train_path": str(config.data.path("train")), "test_path": str(config.data.path("test")),
+        "store": str(config.store_root), "batch_size": spec.batch_size, "epochs": spec.epochs, "lr": spec.lr,
+        "momentum": spec.momentum, "weight_decay": spec.weight_decay, "lr_milestones": list(spec.lr_milestones),
+        "lr_gamma": spec.lr_gamma, "warmup_epochs": spec.warmup_epochs, "label_smoothing": spec.label_smoothing,
+        "augment": spec.augment, "padding": spec.padding, "seed": spec.seed,
+        "threads": max(1, int(spec.cpus_per_worker)), "bf16": spec.bf16,
         "attack": None if spec.attack is None else vars(spec.attack),
+        "eval_attack": None if spec.eval_attack is None else vars(spec.eval_attack),
+        "eval_every": spec.eval_every, "eval_max_images": spec.eval_max_images,
+        "audit_dir": str(audit_dir(config, spec.model_id)) if spec.audit else None,
     }
 
 
@@ -49,41 +61,49 @@ def already_trained(config: ExperimentConfig, model_id: str) -> bool:
     return True
 
 
+def last_epoch_metrics(config: ExperimentConfig, model_id: str) -> dict:
+    """The train_metrics row of the model's last epoch (evaluated on the whole test set)."""
+    metrics = read_table(config.store_root, "train_metrics", filters=[("model_id", "=", model_id)])
+    if metrics.empty:
+        raise RuntimeError(f"no train_metrics rows for {model_id} in {config.store_root}")
+    return metrics.sort_values("epoch").iloc[-1].to_dict()
+
+
 def train_one(config: ExperimentConfig, spec: ModelSpec) -> dict:
     from cluster.train import STATE_FILE, fit
-    from datasets.beton import read_all, read_info
+    from datasets.beton import read_info
 
-    train_path, test_path = config.data.path("train"), config.data.path("test")
-    info = read_info(train_path)
-    read_info(test_path)
+    info = read_info(config.data.path("train"))
+    test_info = read_info(config.data.path("test"))
+    if test_info["num_classes"] != info["num_classes"]:
+        raise DataError(f"train has {info['num_classes']} classes but test has {test_info['num_classes']}")
+    resources = {"CPU": spec.cpus_per_worker, **({"GPU": spec.gpus_per_worker} if spec.use_gpu else {})}
     start = time.time()
     state_dir = fit(
-        _loop_config(spec, info, train_path),
+        _loop_config(config, spec, info),
         name=spec.model_id, storage_path=str(config.storage_root / "ray_train"), num_workers=spec.num_workers,
-        use_gpu=spec.use_gpu, resources_per_worker={"CPU": spec.cpus_per_worker},
+        use_gpu=spec.use_gpu, resources_per_worker=resources,
         placement_strategy=spec.placement_strategy, max_failures=spec.max_failures,
     )
     seconds = time.time() - start
     state = torch.load(state_dir / STATE_FILE, map_location="cpu", weights_only=True)
-    model = create_model(spec.arch, info["num_classes"], info["mean"], info["std"], width=spec.width)
+    model = create_model(spec.arch, info["num_classes"], info["mean"], info["std"], **arch_kwargs(spec))
     model.load_state_dict(state["model"])
-    images, labels = read_all(test_path)
-    batches = [(images[i : i + 256], labels[i : i + 256]) for i in range(0, len(labels), 256)]
-    scores = evaluate(model, batches, spec.eval_attack)
+    last = last_epoch_metrics(config, spec.model_id)
     robust = spec.attack is not None
     meta = {
-        "model_id": spec.model_id, "arch": spec.arch, "arch_kwargs": {"width": spec.width},
+        "model_id": spec.model_id, "arch": spec.arch, "arch_kwargs": arch_kwargs(spec),
         "num_classes": info["num_classes"], "mean": info["mean"], "std": info["std"],
         "dataset": info["source"], "resolution": info["resolution"], "robust": robust,
         "constraint": spec.attack.constraint if robust else None, "eps": spec.attack.eps if robust else 0.0,
-        "epochs": spec.epochs, "git_sha": git_sha(),
+        "epochs": int(state["epoch"]) + 1, "git_sha": git_sha(),
     }
     checkpoint = save_checkpoint(final_checkpoint_dir(config, spec.model_id), model, meta)
     return {
         "model_id": spec.model_id, "arch": spec.arch, "dataset": info["source"], "robust": robust,
-        "constraint": meta["constraint"], "eps": meta["eps"], "clean_acc": scores["clean_acc"],
-        "adv_acc": scores["adv_acc"], "adv_eps": spec.eval_attack.eps if spec.eval_attack else None,
-        "adv_steps": spec.eval_attack.steps if spec.eval_attack else None, "epochs": spec.epochs,
+        "constraint": meta["constraint"], "eps": meta["eps"], "clean_acc": last["clean_acc"],
+        "adv_acc": last["adv_acc"], "adv_eps": spec.eval_attack.eps if spec.eval_attack else None,
+        "adv_steps": spec.eval_attack.steps if spec.eval_attack else None, "epochs": meta["epochs"],
         "seconds": seconds, "checkpoint": str(checkpoint), "git_sha": meta["git_sha"], "created_at": now_utc(),
     }
 

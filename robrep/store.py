@@ -79,6 +79,22 @@ MODELS_SCHEMA = pa.schema(
     ]
 )
 
+TRAIN_METRICS_SCHEMA = pa.schema(
+    [
+        ("model_id", pa.string()),
+        ("epoch", pa.int32()),
+        ("loss", pa.float32()),
+        ("train_acc", pa.float32()),
+        ("clean_acc", pa.float32()),  # NaN on epochs without evaluation
+        ("adv_acc", pa.float32()),
+        ("lr", pa.float32()),
+        ("images_per_s", pa.float32()),
+        ("seconds", pa.float32()),
+        ("world_size", pa.int32()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
 FAILURES_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
@@ -120,7 +136,8 @@ def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
 def read_table(root: str | Path, table: str, filters: list | None = None) -> pd.DataFrame:
     """Read one store table as a DataFrame (empty with the right columns when nothing is there)."""
     path = Path(root) / table
-    schema = {"results": RESULTS_SCHEMA, "models": MODELS_SCHEMA, "failures": FAILURES_SCHEMA}[table]
+    schema = {"results": RESULTS_SCHEMA, "models": MODELS_SCHEMA, "failures": FAILURES_SCHEMA,
+              "train_metrics": TRAIN_METRICS_SCHEMA}[table]
     if not path.exists() or not any(path.rglob("*.parquet")):
         return schema.empty_table().to_pandas()
     return pd.read_parquet(path, filters=filters)

@@ -1,0 +1,149 @@
+"""Distributed training on real Ray Train: two nodes, a killed worker, a killed and resumed run."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from conftest import REPO
+
+pytestmark = [pytest.mark.ray, pytest.mark.ffcv, pytest.mark.slow]
+
+
+def experiment(tmp: Path, **train) -> dict:
+    """64 synthetic images whose label is their index, so the labels a rank trained on name its data."""
+    model = {"model_id": "m", "arch": "small_cnn", "width": 8, "epochs": 2, "batch_size": 16, "lr": 0.05,
+             "lr_milestones": [100], "audit": True, "eval_attack": {"eps": 0.5, "steps": 2, "step_size": 0.25}}
+    model.update(train)
+    return {
+        "name": "t", "store": str(tmp / "store"), "storage_path": str(tmp / "ckpt"),
+        "data": {"source": "synthetic", "resolution": 8, "num_classes": 64, "per_class": 1, "dir": str(tmp / "data")},
+        "train": [model],
+    }
+
+
+def audits(tmp: Path) -> list[dict]:
+    records = []
+    for path in sorted((tmp / "ckpt" / "audit" / "m").glob("*.pt")):
+        rank, epoch, _ = path.stem.split("_")
+        records.append({"rank": int(rank[4:]), "epoch": int(epoch[5:]), **torch.load(path, weights_only=True)})
+    return records
+
+
+def test_two_nodes_read_disjoint_data_and_end_with_identical_weights(tmp_path):
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from cluster.connect import connect
+    from jobs.build_dataset import build
+    from jobs.config import ExperimentConfig
+    from jobs.train import train_all
+    from robrep.config import from_dict
+
+    config = from_dict(ExperimentConfig, experiment(tmp_path, placement_strategy="STRICT_SPREAD", num_workers=2))
+    build(config.data)
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.2"})
+    try:
+        cluster.add_node(num_cpus=1, node_ip_address="127.0.0.3")
+        cluster.wait_for_nodes()
+        connect(cluster.address)
+        assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+        train_all(config)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    records = audits(tmp_path)
+    assert {(r["rank"], r["epoch"]) for r in records} == {(0, 0), (1, 0), (0, 1), (1, 1)}
+    assert len({r["node_id"] for r in records}) == 2  # STRICT_SPREAD: one rank per node
+    for epoch in (0, 1):
+        rank0, rank1 = (set(r["labels"].tolist()) for r in records if r["epoch"] == epoch)
+        assert not rank0 & rank1 and rank0 | rank1 == set(range(64))
+    final = [r["weights_sha256"] for r in records if r["epoch"] == 1]
+    assert final[0] == final[1]
+    metrics = pd.read_parquet(tmp_path / "store" / "train_metrics")
+    assert sorted(metrics["epoch"]) == [0, 1] and (metrics["world_size"] == 2).all()
+    models = pd.read_parquet(tmp_path / "store" / "models")
+    assert list(models["model_id"]) == ["m"] and models["epochs"].tolist() == [2]
+
+
+def start_training(tmp: Path, config: dict) -> subprocess.Popen:
+    path = tmp / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    subprocess.run([sys.executable, "-m", "jobs.build_dataset", "--config", str(path)], cwd=REPO, env=env, check=True,
+                   capture_output=True)
+    log = open(tmp / f"train-{time.time():.0f}.log", "w")
+    return subprocess.Popen([sys.executable, "-m", "jobs.train", "--config", str(path)], cwd=REPO, env=env,
+                            stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def wait_for(predicate, timeout: float, proc: subprocess.Popen):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        assert proc.poll() is None, "training ended before the test could interrupt it"
+        time.sleep(0.2)
+    raise AssertionError("timed out waiting")
+
+
+# Slow enough epochs to interrupt: 1,024 images at 16 px with a 3-step attack.
+SLOW = {"epochs": 4, "attack": {"eps": 0.5, "steps": 3, "step_size": 0.2}}
+
+
+def slow_data(config: dict) -> dict:
+    config["data"].update(resolution=16, per_class=16)
+    return config
+
+
+def test_a_killed_worker_restarts_from_the_last_checkpoint(tmp_path):
+    proc = start_training(tmp_path, slow_data(experiment(tmp_path, max_failures=1, **SLOW)))
+    victim = wait_for(lambda: next((r["pid"] for r in audits(tmp_path) if r["rank"] == 1), None), 300, proc)
+    os.kill(victim, signal.SIGKILL)
+    assert proc.wait(timeout=600) == 0, (tmp_path / "config.yaml").read_text()
+    records = audits(tmp_path)
+    assert len({r["pid"] for r in records if r["rank"] == 1}) == 2  # the worker group was restarted
+    assert {r["epoch"] for r in records} == {0, 1, 2, 3}
+    metrics = pd.read_parquet(tmp_path / "store" / "train_metrics")
+    assert sorted(metrics["epoch"]) == [0, 1, 2, 3]  # a replayed epoch replaces its row
+    assert pd.read_parquet(tmp_path / "store" / "models")["epochs"].tolist() == [4]
+
+
+def test_an_interrupted_run_resumes_at_the_next_epoch(tmp_path):
+    config = slow_data(experiment(tmp_path, **SLOW))
+    proc = start_training(tmp_path, config)
+    checkpoints = tmp_path / "ckpt" / "ray_train" / "m"
+    wait_for(lambda: len(list(checkpoints.glob("checkpoint_*/state.pt"))) >= 2, 300, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, at once
+    proc.wait(timeout=60)
+    done = max(torch.load(p, weights_only=True)["epoch"] for p in checkpoints.glob("checkpoint_*/state.pt"))
+    first_pids = {r["pid"] for r in audits(tmp_path)}
+    assert done < 3 and not (tmp_path / "store" / "models").exists()
+
+    rerun = start_training(tmp_path, config)
+    assert rerun.wait(timeout=600) == 0
+    resumed = [r for r in audits(tmp_path) if r["pid"] not in first_pids]
+    assert min(r["epoch"] for r in resumed) == done + 1
+    assert pd.read_parquet(tmp_path / "store" / "models")["epochs"].tolist() == [4]
+
+
+def test_bad_training_config_fails_before_any_worker(tmp_path):
+    for bad, message in ((("attack", {"eps": -1.0, "steps": 7, "step_size": 0.5}), "eps=-1.0 must be >= 0"),
+                         (("attack", {"eps": 1.0, "steps": 0, "step_size": 0.5}), "steps=0 must be >= 1"),
+                         (("learning_rate", 0.1), "unknown config key 'train[0].learning_rate'")):
+        config = experiment(tmp_path, **dict([bad]))
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(config))
+        proc = subprocess.run([sys.executable, "-m", "jobs.train", "--config", str(path)], cwd=REPO,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert "TrainController" not in proc.stdout + proc.stderr
