@@ -51,6 +51,9 @@ def main(config: ExperimentConfig) -> None:
     build(config.data)
     connect(config.ray.address, config.ray.num_cpus)
     train_all(config)
+    if config.fanout is None:
+        print("[main] no fanout section: done after training", flush=True)
+        return
     run_fanout(config)
     table = summarize(config)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format):

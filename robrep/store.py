@@ -95,6 +95,25 @@ TRAIN_METRICS_SCHEMA = pa.schema(
     ]
 )
 
+EVALUATIONS_SCHEMA = pa.schema(
+    [
+        ("model_id", pa.string()),
+        ("checkpoint", pa.string()),
+        ("dataset", pa.string()),
+        ("n", pa.int64()),
+        ("clean_acc", pa.float32()),
+        ("adv_acc", pa.float32()),
+        ("constraint", pa.string()),
+        ("eps", pa.float32()),
+        ("steps", pa.int32()),
+        ("step_size", pa.float32()),
+        ("restarts", pa.int32()),
+        ("seconds", pa.float32()),
+        ("git_sha", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
 FAILURES_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
@@ -137,7 +156,7 @@ def read_table(root: str | Path, table: str, filters: list | None = None) -> pd.
     """Read one store table as a DataFrame (empty with the right columns when nothing is there)."""
     path = Path(root) / table
     schema = {"results": RESULTS_SCHEMA, "models": MODELS_SCHEMA, "failures": FAILURES_SCHEMA,
-              "train_metrics": TRAIN_METRICS_SCHEMA}[table]
+              "train_metrics": TRAIN_METRICS_SCHEMA, "evaluations": EVALUATIONS_SCHEMA}[table]
     if not path.exists() or not any(path.rglob("*.parquet")):
         return schema.empty_table().to_pandas()
     return pd.read_parquet(path, filters=filters)

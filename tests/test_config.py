@@ -1,5 +1,7 @@
 """Config is validated at the door: unknown keys, wrong types and bad values are ConfigErrors."""
 
+from pathlib import Path
+
 import pytest
 
 from jobs.config import load_config
@@ -9,10 +11,31 @@ from robrep.errors import ConfigError
 SMOKE = "jobs/configs/digits_smoke.yaml"
 
 
-def test_shipped_configs_load():
-    for name in ("digits.yaml", "digits_smoke.yaml"):
-        config = load_config(f"jobs/configs/{name}")
-        assert {m.model_id for m in config.train} == {"digits_standard", "digits_robust"}
+CONFIGS = sorted(p.name for p in Path("jobs/configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_shipped_configs_load(name):
+    config = load_config(f"jobs/configs/{name}")
+    assert config.train
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if not n.endswith("_smoke.yaml")])
+def test_every_preset_has_a_smoke_twin_with_the_same_models(name):
+    full, smoke = load_config(f"jobs/configs/{name}"), load_config(f"jobs/configs/{name[:-5]}_smoke.yaml")
+    assert [(m.model_id, m.arch, m.attack is None) for m in full.train] == [
+        (m.model_id, m.arch, m.attack is None) for m in smoke.train
+    ]
+    assert all(not m.use_gpu for m in smoke.train) and smoke.ray.address is None
+
+
+def test_paper_presets_carry_the_papers_settings():
+    ri = {m.model_id: m for m in load_config("jobs/configs/restricted_imagenet.yaml").train}
+    robust = ri["ri_robust_rn50"]
+    assert (robust.attack.eps, robust.attack.steps, robust.attack.step_size) == (3.0, 7, 0.5)
+    assert (robust.epochs, robust.lr, robust.batch_size, robust.lr_milestones) == (110, 0.1, 256, (30, 60))
+    assert (robust.eval_attack.steps, robust.eval_attack.step_size) == (20, 0.375)
+    assert ri["ri_standard_rn50"].attack is None
 
 
 def test_unknown_key_is_named():
