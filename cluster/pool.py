@@ -9,7 +9,6 @@ whose code raises goes to `on_error` and the run goes on.
 from __future__ import annotations
 
 import sys
-import time
 from collections import deque
 from collections.abc import Callable
 
@@ -37,21 +36,22 @@ class PoolWorker:
 
 
 class Progress:
-    """One line per finished batch: jobs done and failed, rate and ETA."""
+    """A progress bar of jobs: done, failed, rate and ETA (tqdm, on stderr, refreshed at most every 2 s)."""
 
-    def __init__(self, total_jobs: int, stream=sys.stdout):
-        self.total, self.done, self.failed, self.start, self.stream = total_jobs, 0, 0, time.time(), stream
+    def __init__(self, total_jobs: int):
+        from tqdm import tqdm
+
+        self.failed = 0
+        self.bar = tqdm(total=total_jobs, unit="job", desc="[fanout]", mininterval=2.0, file=sys.stderr)
 
     def update(self, done: int = 0, failed: int = 0) -> None:
-        self.done, self.failed = self.done + done, self.failed + failed
-        elapsed = time.time() - self.start
-        rate = (self.done + self.failed) / elapsed if elapsed > 0 else 0.0
-        left = self.total - self.done - self.failed
-        eta = left / rate if rate > 0 else float("inf")
-        print(
-            f"[fanout] {self.done}/{self.total} jobs done, {self.failed} failed, {rate:.1f} jobs/s, ETA {eta:.0f}s",
-            file=self.stream, flush=True,
-        )
+        self.failed += failed
+        if failed:
+            self.bar.set_postfix(failed=self.failed, refresh=False)
+        self.bar.update(done + failed)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def run_pool(
@@ -60,16 +60,20 @@ def run_pool(
     *,
     workers: int,
     cpus_per_worker: float,
+    gpus_per_worker: float = 0.0,
     max_in_flight: int,
     on_done: Callable[[list[dict], list[dict]], None],
     on_error: Callable[[list[dict], BaseException], None],
     max_retries: int = 3,
 ) -> None:
-    """Run every batch through `workers` actors, at most `max_in_flight` at a time."""
+    """Run every batch through `workers` actors, at most `max_in_flight` at a time.
+
+    A batch that raises is split into single jobs and retried, so one bad job fails alone.
+    """
     threads = max(1, int(cpus_per_worker))
 
     def new_actor():
-        return PoolWorker.options(num_cpus=cpus_per_worker).remote(batch_fn, threads)
+        return PoolWorker.options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker).remote(batch_fn, threads)
 
     actors = [new_actor() for _ in range(min(workers, len(batches)))]
     idle = deque(actors)
@@ -95,10 +99,14 @@ def run_pool(
             idle.append(new_actor())
             continue
         except RayTaskError as e:
-            on_error(batch, e.cause if e.cause is not None else e)
-            progress.update(failed=len(batch))
             idle.append(actor)
+            if len(batch) > 1:
+                queue.extend(([job], tries) for job in batch)
+            else:
+                on_error(batch, e.cause if e.cause is not None else e)
+                progress.update(failed=1)
             continue
         idle.append(actor)
         on_done(batch, rows)
         progress.update(done=len(batch))
+    progress.close()

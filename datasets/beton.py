@@ -199,3 +199,13 @@ def read_indices(path: str | Path, indices, batch_size: int = 256) -> tuple[torc
 def read_all(path: str | Path, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
     """Every image in index order (val pipeline): ((N,3,R,R) float in [0,1], (N,) int64)."""
     return read_indices(path, range(read_info(path)["num_images"]), batch_size)
+
+
+def read_labels(path: str | Path, batch_size: int = 4096) -> np.ndarray:
+    """Every label in index order, without decoding a single image: (N,) int64."""
+    read_info(path)
+    loader = Loader(str(path), batch_size=batch_size, order=OrderOption.SEQUENTIAL, drop_last=False,
+                    pipelines={"image": None, "label": [IntDecoder(), ToTensor(), Squeeze(1)]})
+    labels = np.concatenate([batch[0].numpy().copy() for batch in loader]).astype(np.int64)
+    torch.set_num_threads(_TORCH_THREADS)
+    return labels

@@ -93,31 +93,78 @@ class ModelSpec:
 
 
 @dataclass(frozen=True)
-class FanoutSpec:
-    """Inversion jobs (Eq. 4) for every model: test-image targets, sources from noise or another class."""
+class IndexSpec:
+    """Which images of the split: `first` n, an explicit `list`, n at `random` (seeded), or n `per_class`."""
 
-    models: tuple[str, ...]  # model_ids in the store's models table
+    mode: Literal["first", "list", "random", "per_class"] = "first"
+    n: int = 20
+    values: tuple[int, ...] = ()
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class CoordinateSpec:
+    """Which coordinates of R: a `list`, n at `random` (seeded), or the `top` n of each start image."""
+
+    mode: Literal["list", "random", "top"] = "random"
+    n: int = 4
+    values: tuple[int, ...] = ()
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """One block of jobs of one kind, expanded over models x images x its own grid (DESIGN §4 defaults)."""
+
+    kind: Literal["invert", "invert_sweep", "pairs", "visualize", "manipulate", "interpolate", "top_activating"]
+    inits: tuple[Literal["noise", "gray", "image"], ...] = ("noise", "image")  # invert, visualize
+    constraint: Literal["l2", "linf", "unconstrained"] = "l2"
+    eps: float = 1000.0  # [0,1]-pixel units; paper A.6: 1000, i.e. unconstrained
+    step_size: float = 1.0  # paper A.6: 1
+    steps: int = 200  # paper: 10,000 for inversion, 200 for visualization
+    radii: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # invert_sweep: constraint radii around the source
+    coordinates: CoordinateSpec = CoordinateSpec()  # visualize, manipulate, top_activating
+    t: int = 4  # interpolate: T+1 values of lambda
+    k: int = 3  # top_activating: top-k and bottom-k images per coordinate
+    models: tuple[str, ...] = ()  # restrict this block to some of the fanout's models (e.g. pairs: standard ones)
+    indices: IndexSpec | None = None  # this block's images, instead of fanout.indices
+    store_representation: bool = False  # also store R(x') as a list<float32> column
+
+    def validate(self) -> None:
+        if self.steps < 1 or self.step_size <= 0 or self.eps <= 0:
+            raise ConfigError(f"fanout.jobs {self.kind}: need steps >= 1, step_size > 0, eps > 0")
+        if self.kind == "invert_sweep" and (not self.radii or min(self.radii) <= 0):
+            raise ConfigError("fanout.jobs invert_sweep: radii must be a non-empty list of positive radii")
+        if self.t < 1 or self.k < 1:
+            raise ConfigError(f"fanout.jobs {self.kind}: t and k must be >= 1")
+        if self.kind == "manipulate" and self.inits != ("image",) and "image" not in self.inits:
+            raise ConfigError("fanout.jobs manipulate starts from images: use inits: [image]")
+
+
+@dataclass(frozen=True)
+class FanoutSpec:
+    """Representation experiments for every model over chosen images of one split (paper Sec. 2 and 4)."""
+
+    models: tuple[str, ...]  # model_ids in the store's models table, or robrep checkpoint folders
     split: Literal["test", "train"] = "test"
-    targets: int = 20  # the first n images of the split are targets
-    inits: tuple[Literal["noise", "image"], ...] = ("noise", "image")
-    constraint: Literal["l2"] = "l2"
-    eps: float = 1000.0  # L2 radius, [0,1]-pixel units (paper A.6.2: 1000, i.e. unconstrained)
-    step_size: float = 0.1
-    steps: int = 200
+    indices: IndexSpec = IndexSpec()
+    jobs: tuple[JobSpec, ...] = (JobSpec(kind="invert"),)
     rng_seed: int = 0
     batch_size: int = 64  # jobs per batched PGD loop
     max_in_flight: int = 4  # batches submitted and not yet committed
-    workers: int = 2  # pool actors
+    workers: int = 2  # pool actors: one per CPU slot or GPU
     cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0  # fractional GPUs are fine, e.g. 0.25 puts four workers on a GPU
+    max_retries: int = 3  # a batch whose worker dies is retried this often
 
     def validate(self) -> None:
         if not self.models:
             raise ConfigError("fanout.models is empty; name at least one model_id")
-        for key in ("targets", "steps", "batch_size", "max_in_flight", "workers"):
+        for key in ("batch_size", "max_in_flight", "workers"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"fanout.{key}={getattr(self, key)} must be >= 1")
-        if self.eps <= 0 or self.step_size <= 0:
-            raise ConfigError("fanout.eps and fanout.step_size must be > 0")
+        if not self.jobs:
+            raise ConfigError("fanout.jobs is empty; add at least one block such as {kind: invert}")
 
 
 @dataclass(frozen=True)
@@ -136,8 +183,9 @@ class ExperimentConfig:
             raise ConfigError(f"train: duplicate model_id in {ids}")
 
     @property
-    def store_root(self) -> Path:
-        return Path(self.store).resolve()
+    def store_root(self) -> str:
+        """A pyarrow filesystem URI as given, or an absolute local path."""
+        return self.store if "://" in self.store else str(Path(self.store).resolve())
 
     @property
     def storage_root(self) -> Path:

@@ -3,11 +3,11 @@
 import pandas as pd
 import pytest
 import torch
-
 from conftest import run_module
+from test_checkpoint import CIFAR_MEAN, CIFAR_STD, robustness_layout
+
 from datasets import sources
 from datasets.beton import write_beton
-from test_checkpoint import CIFAR_MEAN, CIFAR_STD, robustness_layout
 
 pytestmark = [pytest.mark.ray, pytest.mark.ffcv]
 

@@ -20,19 +20,23 @@ def test_main_smoke_then_rerun_skips_everything(tmp_path):
     models = pd.read_parquet(tmp_path / "store" / "models")
     assert sorted(models["model_id"]) == ["digits_robust", "digits_standard"]
     assert models["clean_acc"].between(0, 1).all()
-    assert len(results) == 2 * 6 * 2  # models x targets x inits
-    assert results["job_id"].is_unique
+    assert len(results) == 62  # 50 jobs; each of the 4 top_activating jobs writes 2k = 4 rows
+    assert results[results["kind"] != "top_activating"]["job_id"].is_unique
+    assert (results[results["kind"] == "invert"].groupby("model_id").size() == 12).all()
+    assert set(results["kind"]) == {"invert", "invert_sweep", "pairs", "visualize", "manipulate", "interpolate",
+                                    "top_activating"}
+    inverted = results[results["kind"] == "invert"]
     for column in ("run_id", "model_id", "rep_dist", "rep_dist_rel", "pix_dist_target", "pix_dist_source",
                    "image_png", "steps", "eps", "step_size", "init", "git_sha"):
-        assert results[column].notna().all(), column
-    image_rows = results[results["init"] == "image"]
+        assert inverted[column].notna().all(), column
+    image_rows = results[(results["init"] == "image") & (results["kind"] == "invert")]
     assert (image_rows["source_class"] != image_rows["target_class"]).all()
     assert list((tmp_path / "store" / "_manifests").glob("*.json"))
 
     second = run_module("jobs.fanout", "--config", SMOKE, *sets)
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "24 already in the store, 0 to run" in second.stdout
-    assert len(pd.read_parquet(tmp_path / "store" / "results")) == 24
+    assert "50 jobs, 50 already in the store, 0 to run" in second.stdout
+    assert len(pd.read_parquet(tmp_path / "store" / "results")) == 62
 
 
 def test_unknown_config_key_exits_nonzero_with_message(tmp_path):

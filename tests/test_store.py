@@ -51,3 +51,26 @@ def test_schema_round_trip_and_retry_overwrites(tmp_path):
 def test_empty_store_reads_as_empty_frame(tmp_path):
     df = read_table(tmp_path, "results")
     assert len(df) == 0 and "rep_dist_rel" in df.columns
+
+
+def test_a_filesystem_uri_root_works_like_a_path(tmp_path):
+    from cluster.store import write_manifest
+
+    root = f"file://{tmp_path}/s"
+    commit_part(root, "results", to_table(make_rows(["x", "y"]), RESULTS_SCHEMA), {"kind": "invert", "model_id": "m"},
+                part_name(["x", "y"]))
+    write_manifest(root, "run1", {"jobs": 2})
+    assert committed_job_ids(root) == {"x", "y"}
+    assert sorted(read_table(root, "results")["job_id"]) == ["x", "y"]
+    assert (tmp_path / "s" / "_manifests" / "run1.json").is_file()
+
+
+def test_query_helper_decodes_images_and_builds_a_grid(tmp_path):
+    from robrep.store import image_grid, load_results
+
+    commit_part(tmp_path, "results", to_table(make_rows(["a", "b", "c"]), RESULTS_SCHEMA),
+                {"kind": "invert", "model_id": "m1"}, part_name(["a", "b", "c"]))
+    df = load_results(tmp_path, filters=[("kind", "=", "invert")], decode_images=True)
+    assert df["image"].iloc[0].shape == (8, 8, 3)
+    grid = image_grid(df, ncols=2, caption="job_id", scale=2)
+    assert grid.size == (2 * 18, 2 * (16 + 12 + 2))

@@ -1,0 +1,235 @@
+"""The fan-out: expansion, bad input before any job, a killed worker, a killed driver, scale, failures."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import psutil
+import pytest
+import torch
+import yaml
+from conftest import REPO
+
+SMOKE = "jobs/configs/digits_smoke.yaml"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The digits smoke data and two (untrained) small CNNs registered in a store: no Ray Train needed."""
+    from cluster.store import append_rows
+    from datasets.beton import read_info
+    from jobs.build_dataset import build
+    from jobs.config import DataSpec
+    from robrep.checkpoint import save_checkpoint
+    from robrep.models import create_model
+    from robrep.store import MODELS_SCHEMA, now_utc, to_table
+
+    tmp = tmp_path_factory.mktemp("fanout")
+    build(DataSpec(dir=str(tmp / "data")))
+    info = read_info(tmp / "data" / "train.beton")
+    for seed, model_id in enumerate(("digits_standard", "digits_robust")):
+        torch.manual_seed(seed)
+        model = create_model("small_cnn", 10, info["mean"], info["std"], width=8)
+        meta = {"model_id": model_id, "arch": "small_cnn", "arch_kwargs": {"width": 8}, "num_classes": 10,
+                "mean": info["mean"], "std": info["std"], "robust": bool(seed), "eps": float(seed)}
+        save_checkpoint(tmp / "ckpt" / model_id, model, meta)
+        row = {"model_id": model_id, "arch": "small_cnn", "robust": bool(seed), "eps": float(seed),
+               "checkpoint": str(tmp / "ckpt" / model_id), "created_at": now_utc()}
+        append_rows(tmp / "store", "models", to_table([row], MODELS_SCHEMA), key=model_id)
+    return tmp
+
+
+def config_for(trained: Path, store: Path, **fanout) -> dict:
+    data = yaml.safe_load(Path(REPO / SMOKE).read_text())
+    data.update(store=str(store), storage_path=str(trained / "ckpt"))
+    data["data"]["dir"] = str(trained / "data")
+    data["fanout"].update(fanout)
+    return data
+
+
+def seed_store(trained: Path, tmp: Path) -> Path:
+    store = tmp / "store"
+    store.mkdir()
+    os.symlink(trained / "store" / "models", store / "models")
+    return store
+
+
+def plan_of(config: dict):
+    from jobs.config import ExperimentConfig
+    from jobs.fanout import plan
+    from robrep.config import from_dict
+
+    return plan(from_dict(ExperimentConfig, config))
+
+
+def test_expansion_is_deterministic_and_covers_every_kind(trained, tmp_path):
+    config = config_for(trained, seed_store(trained, tmp_path))
+    first, second = plan_of(config), plan_of(config)
+    assert [j["job_id"] for j in first] == [j["job_id"] for j in second]
+    assert len({j["job_id"] for j in first}) == len(first) == 50
+    kinds = {j["kind"] for j in first}
+    assert kinds == {"invert", "invert_sweep", "pairs", "visualize", "manipulate", "interpolate", "top_activating"}
+    assert {j["model_id"] for j in first if j["kind"] == "pairs"} == {"digits_standard"}
+    lams = sorted(j["lam"] for j in first if j["kind"] == "interpolate" and j["model_id"] == "digits_robust")
+    assert lams == [0.0, 0.5, 1.0]
+
+
+def test_index_selection_modes():
+    from jobs.config import IndexSpec
+    from jobs.fanout import select_indices
+    from robrep.errors import DataError
+
+    labels = np.repeat(np.arange(5), 10)
+    assert select_indices(IndexSpec("first", 3), labels) == [0, 1, 2]
+    assert select_indices(IndexSpec("list", values=(7, 3)), labels) == [7, 3]
+    picked = select_indices(IndexSpec("random", 6, seed=1), labels)
+    assert picked == select_indices(IndexSpec("random", 6, seed=1), labels) and len(set(picked)) == 6
+    per_class = select_indices(IndexSpec("per_class", 2, seed=0), labels)
+    assert np.bincount(labels[per_class]).tolist() == [2] * 5
+    with pytest.raises(DataError, match="out of range"):
+        select_indices(IndexSpec("list", values=(50,)), labels)
+
+
+def run_fanout_cli(config: dict, tmp: Path, **popen) -> subprocess.Popen:
+    path = tmp / f"fanout-{time.time_ns()}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([sys.executable, "-m", "jobs.fanout", "--config", str(path)], cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"jobs": [{"kind": "invent"}]}, "is not one of"),
+        ({"indices": {"mode": "list", "values": [5000]}}, "out of range"),
+        ({"models": ["digits_standard", "/nowhere/model"]}, "nor a checkpoint folder"),
+        ({"jobs": [{"kind": "visualize", "coordinates": {"mode": "list", "values": [999]}}]}, "out of range"),
+    ],
+)
+def test_bad_input_fails_before_any_job(trained, tmp_path, change, message):
+    proc = run_fanout_cli(config_for(trained, seed_store(trained, tmp_path), **change), tmp_path)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and message in err, err
+    assert "[fanout]" not in out and not (tmp_path / "store" / "results").exists()
+
+
+def test_missing_checkpoint_and_class_mismatch(trained, tmp_path):
+    from cluster.store import append_rows
+    from robrep.store import MODELS_SCHEMA, now_utc, to_table
+
+    store = tmp_path / "store"
+    append_rows(store, "models", to_table([{"model_id": "gone", "checkpoint": str(tmp_path / "gone"),
+                                            "created_at": now_utc()}], MODELS_SCHEMA), key="gone")
+    proc = run_fanout_cli(config_for(trained, store, models=["gone"]), tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "CheckpointError" in err and "meta.json is missing" in err
+
+    from robrep.checkpoint import save_checkpoint
+    from robrep.models import create_model
+
+    save_checkpoint(tmp_path / "c3", create_model("small_cnn", 3, [0.5] * 3, [0.2] * 3, width=8),
+                    {"arch": "small_cnn", "arch_kwargs": {"width": 8}, "num_classes": 3, "mean": [0.5] * 3,
+                     "std": [0.2] * 3})
+    proc = run_fanout_cli(config_for(trained, store, models=[str(tmp_path / "c3")]), tmp_path)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 2 and "has 3 classes" in err and "has 10" in err
+
+
+def many_jobs(trained, store, n=120, steps=40):
+    return config_for(trained, store, indices={"mode": "first", "n": n}, batch_size=16, max_in_flight=2,
+                      jobs=[{"kind": "invert", "inits": ["noise", "gray", "image"], "step_size": 0.1,
+                             "steps": steps}])
+
+
+def parts(store: Path) -> list[Path]:
+    return list((store / "results").rglob("part-*.parquet")) if (store / "results").exists() else []
+
+
+def wait_for(predicate, proc, timeout=300):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return
+        assert proc.poll() is None, proc.communicate()[1][-3000:]
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_killed_pool_worker_costs_nothing(trained, tmp_path):
+    store = seed_store(trained, tmp_path)
+    proc = run_fanout_cli(many_jobs(trained, store), tmp_path)
+    wait_for(lambda: len(parts(store)) >= 1, proc)
+    workers = [p for p in psutil.process_iter(["cmdline"]) if "PoolWorker" in " ".join(p.info["cmdline"] or [])]
+    assert workers, "no pool worker process found"
+    workers[0].send_signal(signal.SIGKILL)
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err[-3000:]
+    assert "a pool worker died" in out
+    results = pd.read_parquet(store / "results")
+    assert len(results) == 2 * 120 * 3 and results["job_id"].is_unique
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_a_killed_driver_resumes_with_only_the_missing_jobs(trained, tmp_path):
+    store = seed_store(trained, tmp_path)
+    config = many_jobs(trained, store)
+    proc = run_fanout_cli(config, tmp_path, start_new_session=True)
+    wait_for(lambda: len(parts(store)) >= 3, proc)
+    os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray
+    proc.wait(timeout=60)
+    committed = len(pd.read_parquet(store / "results"))
+    assert 0 < committed < 720
+    rerun = run_fanout_cli(config, tmp_path)
+    out, err = rerun.communicate(timeout=600)
+    assert rerun.returncode == 0, err[-3000:]
+    assert f"720 jobs, {committed} already in the store, {720 - committed} to run" in out
+    results = pd.read_parquet(store / "results")
+    assert len(results) == 720 and results["job_id"].is_unique
+    assert not list(store.rglob("*.tmp"))
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_scale_over_2000_jobs_exactly_one_row_each(trained, tmp_path):
+    store = seed_store(trained, tmp_path)
+    config = many_jobs(trained, store, n=359, steps=2)
+    config["fanout"]["batch_size"] = 128
+    proc = run_fanout_cli(config, tmp_path)
+    out, err = proc.communicate(timeout=900)
+    assert proc.returncode == 0, err[-3000:]
+    results = pd.read_parquet(store / "results", columns=["job_id"])
+    assert len(results) == 2 * 359 * 3 == 2154 and results["job_id"].is_unique
+
+
+@pytest.mark.ray
+def test_a_failing_job_is_recorded_and_the_rest_go_on():
+    import ray
+
+    from cluster.pool import run_pool
+
+    def batch_fn(jobs, cache):
+        if any(j["n"] == 5 for j in jobs):
+            raise ValueError("job 5 is broken")
+        return [{"n": j["n"]} for j in jobs]
+
+    done, failed = [], []
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    try:
+        batches = [[{"n": i} for i in range(b, b + 4)] for b in range(0, 12, 4)]
+        run_pool(batches, batch_fn, workers=2, cpus_per_worker=1, max_in_flight=2,
+                 on_done=lambda batch, rows: done.extend(r["n"] for r in rows),
+                 on_error=lambda batch, error: failed.append((batch[0]["n"], str(error))))
+    finally:
+        ray.shutdown()
+    assert sorted(done) == [n for n in range(12) if n != 5]
+    assert len(failed) == 1 and failed[0][0] == 5 and "job 5 is broken" in failed[0][1]
