@@ -19,6 +19,8 @@ def parse_args(description: str, argv: list[str] | None = None) -> argparse.Name
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
         help="override a config value, e.g. --set fanout.steps=50 (repeatable; values are YAML scalars)",
     )
+    parser.add_argument("--from-tune", metavar="FILE", default=None,
+                        help="a jobs.tune result: its step_size and steps replace those of the inversion jobs")
     return parser.parse_args(argv)
 
 
@@ -29,7 +31,7 @@ def run_entry_point(main: Callable[[ExperimentConfig], None], description: str, 
     """
     args = parse_args(description, argv)
     try:
-        config = load_config(args.config, args.overrides)
+        config = load_config(args.config, args.overrides, args.from_tune)
         main(config)
     except RobrepError as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)

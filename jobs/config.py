@@ -168,6 +168,44 @@ class FanoutSpec:
 
 
 @dataclass(frozen=True)
+class RangeSpec:
+    low: float
+    high: float
+
+
+@dataclass(frozen=True)
+class TuneSpec:
+    """Ray Tune over PGD's step_size (log-uniform) and steps, with ASHA stopping bad trials early.
+
+    objective inversion: minimise the final rep_dist_rel of Eq. 4 inversions from noise;
+    objective attack: minimise adversarial accuracy under an `eps` attack (a stronger attack).
+    """
+
+    model: str  # a model_id in the store
+    objective: Literal["inversion", "attack"] = "inversion"
+    step_size: RangeSpec = RangeSpec(0.01, 1.0)
+    steps: tuple[int, ...] = (50, 100, 200)  # the budgets to choose from
+    report_every: int = 25  # steps between reports, the unit ASHA compares trials in
+    num_samples: int = 8
+    max_concurrent: int = 2
+    constraint: Literal["l2", "linf", "unconstrained"] = "l2"
+    eps: float = 1000.0  # inversion: the paper's 1000; attack: the radius to attack at
+    default_step_size: float = 0.1  # the baseline (also tried as one of the trials)
+    default_steps: int = 200
+    tune_indices: IndexSpec = IndexSpec(mode="first", n=32)  # test images the trials run on
+    holdout_indices: IndexSpec = IndexSpec(mode="list", values=tuple(range(100, 132)))  # for the final comparison
+    output: str = "runs/tune/best.yaml"  # the best config, for `jobs.fanout --from-tune`
+
+    def validate(self) -> None:
+        if not 0 < self.step_size.low < self.step_size.high:
+            raise ConfigError("tune.step_size needs 0 < low < high")
+        if not self.steps or min(self.steps) < self.report_every or self.report_every < 1:
+            raise ConfigError("tune.steps must be budgets >= tune.report_every >= 1")
+        if self.num_samples < 1 or self.eps <= 0:
+            raise ConfigError("tune.num_samples must be >= 1 and tune.eps > 0")
+
+
+@dataclass(frozen=True)
 class ExperimentConfig:
     name: str
     store: str  # root of the Parquet store
@@ -176,6 +214,7 @@ class ExperimentConfig:
     data: DataSpec = DataSpec()
     train: tuple[ModelSpec, ...] = ()
     fanout: FanoutSpec | None = None
+    tune: TuneSpec | None = None
 
     def validate(self) -> None:
         ids = [m.model_id for m in self.train]
@@ -192,5 +231,29 @@ class ExperimentConfig:
         return Path(self.storage_path).resolve()
 
 
-def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
-    return from_dict(ExperimentConfig, load_yaml(path, overrides))
+INVERSION_KINDS = ("invert", "invert_sweep", "pairs", "interpolate")
+
+
+def apply_tuned(data: dict, tuned_path: str | Path) -> dict:
+    """Put the step_size and steps that jobs.tune found into every inversion-like fanout block."""
+    import yaml
+
+    tuned_path = Path(tuned_path)
+    if not tuned_path.is_file():
+        raise ConfigError(f"--from-tune {str(tuned_path)!r} does not exist; run python -m jobs.tune first")
+    tuned = yaml.safe_load(tuned_path.read_text())
+    if not isinstance(tuned, dict) or tuned.get("objective") != "inversion":
+        raise ConfigError(f"{tuned_path} is not an inversion result of jobs.tune (attack settings are for "
+                          "jobs.evaluate --step-size/--steps)")
+    blocks = (data.get("fanout") or {}).get("jobs") or []
+    for block in blocks:
+        if isinstance(block, dict) and block.get("kind") in INVERSION_KINDS:
+            block.update(step_size=float(tuned["step_size"]), steps=int(tuned["steps"]))
+    return data
+
+
+def load_config(path: str | Path, overrides: list[str] = (), from_tune: str | None = None) -> ExperimentConfig:
+    data = load_yaml(path, overrides)
+    if from_tune:
+        data = apply_tuned(data, from_tune)
+    return from_dict(ExperimentConfig, data)

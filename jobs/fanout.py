@@ -221,6 +221,28 @@ def plan(config: ExperimentConfig) -> list[dict]:
                   [3, info["resolution"], info["resolution"]])
 
 
+def store_images(root: str, jobs: list[dict]) -> int:
+    """Commit the dataset images the jobs refer to (targets and sources) to the `images` table, once each,
+    so figures can show them from the store alone. Returns how many were added."""
+    from cluster.store import append_rows
+    from datasets.beton import read_indices
+    from robrep.store import IMAGES_SCHEMA, encode_png
+
+    if not jobs:
+        return 0
+    first = jobs[0]
+    have = read_table(root, "images", filters=[("dataset", "=", first["dataset"]), ("split", "=", first["split"])],
+                      columns=["index"])
+    wanted = sorted({i for j in jobs for i in (j["target_index"], j["source_index"]) if i >= 0} - set(have["index"]))
+    if not wanted:
+        return 0
+    images, labels = read_indices(first["dataset_path"], wanted)
+    rows = [{"dataset": first["dataset"], "split": first["split"], "index": i, "label": int(y),
+             "image_png": encode_png(x)} for i, x, y in zip(wanted, images, labels, strict=True)]
+    append_rows(root, "images", to_table(rows, IMAGES_SCHEMA), key=f"{first['dataset']}/{first['split']}/{wanted}")
+    return len(rows)
+
+
 def run_fanout(config: ExperimentConfig, jobs: list[dict] | None = None) -> dict:
     """Skip committed jobs, run the rest through the pool, commit parts, write the manifest."""
     from cluster.pool import run_pool
@@ -228,6 +250,7 @@ def run_fanout(config: ExperimentConfig, jobs: list[dict] | None = None) -> dict
 
     fan, root = config.fanout, config.store_root
     jobs = plan(config) if jobs is None else jobs
+    store_images(root, jobs)
     done = committed_job_ids(root)
     todo = [j for j in jobs if j["job_id"] not in done]
     batches = pack(todo, fan.batch_size)

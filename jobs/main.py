@@ -9,6 +9,7 @@ Every stage is idempotent: a rerun reuses the dataset, skips trained models and 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pandas as pd
 
@@ -16,12 +17,17 @@ from jobs.build_dataset import build
 from jobs.common import run_entry_point
 from jobs.config import ExperimentConfig
 from jobs.fanout import run_fanout
+from jobs.report import build_report
 from jobs.train import train_all
 from robrep.store import read_table
 
 
 def summarize(config: ExperimentConfig) -> pd.DataFrame:
-    """Per model, from the store alone: accuracies and the inversion statistics of the paper's Sec. 4.1."""
+    """Per model, from the store alone: accuracies and the inversion statistics of the paper's Sec. 4.1.
+
+    other_class_nearer_target: the fraction of inversions started from an image of another class that end
+    nearer the target than their source in pixel L2.
+    """
     models = read_table(config.store_root, "models").set_index("model_id")
     results = read_table(config.store_root, "results", filters=[("kind", "=", "invert")])
     results["model_id"] = results["model_id"].astype(str)
@@ -59,7 +65,16 @@ def main(config: ExperimentConfig) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
         print(f"\n== summary (store: {config.store_root}) ==")
         print(table.to_string(index=False))
-    print(f"\n[main] done in {time.time() - start:.0f}s", flush=True)
+    report = build_report(config.store_root, report_dir(config))
+    print(f"\n[main] report: {report.path} ({len(report.figures)} figures)")
+    print(f"[main] done in {time.time() - start:.0f}s", flush=True)
+
+
+def report_dir(config: ExperimentConfig) -> str:
+    """Beside a local store; under the checkpoints folder for a URI store."""
+    if "://" in config.store_root:
+        return str(config.storage_root / "report")
+    return str(Path(config.store_root).parent / "report")
 
 
 if __name__ == "__main__":

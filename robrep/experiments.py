@@ -193,3 +193,31 @@ def timed_rows(fn, *args) -> list[dict]:
     for row in rows:
         row["seconds"] = (time.time() - start) / max(1, len(rows))
     return rows
+
+
+def tuning_problem(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, objective: str, rng_seed: int = 0):
+    """(loss_fn, x0, measure) for tuning PGD: `measure(x)` is the number to minimise.
+
+    inversion: Eq. 4 from the paper's noise start towards each image; measure = mean rep_dist_rel.
+    attack: untargeted CE from the image itself; measure = accuracy on x (lower = stronger attack).
+    """
+    from robrep.objectives import inversion_loss, untargeted_attack
+
+    model.eval()
+    if objective == "inversion":
+        with torch.no_grad():
+            target_rep = model.representation(images)
+        x0 = torch.stack([noise_image(tuple(images.shape[1:]), rng_seed + i) for i in range(len(images))])
+
+        def measure(x: torch.Tensor) -> float:
+            with torch.no_grad():
+                return float(inversion_loss(model.representation(x), target_rep).mean())
+
+        return inversion(model, target_rep), x0, measure
+    if objective == "attack":
+        def accuracy(x: torch.Tensor) -> float:
+            with torch.no_grad():
+                return float((model(x).argmax(1) == labels).float().mean())
+
+        return untargeted_attack(model, labels), images.clone(), accuracy
+    raise ValueError(f"unknown tuning objective {objective!r}; use inversion or attack")

@@ -118,6 +118,34 @@ EVALUATIONS_SCHEMA = pa.schema(
     ]
 )
 
+IMAGES_SCHEMA = pa.schema(  # the dataset images that results refer to (targets, sources), for figures
+    [
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("index", pa.int64()),
+        ("label", pa.int32()),
+        ("image_png", pa.binary()),
+    ]
+)
+
+TUNE_TRIALS_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("trial_id", pa.string()),
+        ("model_id", pa.string()),
+        ("objective", pa.string()),  # inversion: final rep_dist_rel; attack: adversarial accuracy
+        ("constraint", pa.string()),
+        ("eps", pa.float32()),
+        ("step_size", pa.float32()),
+        ("steps", pa.int32()),
+        ("steps_done", pa.int32()),  # < steps when ASHA stopped the trial early
+        ("metric", pa.float32()),
+        ("seconds", pa.float32()),
+        ("git_sha", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
 FAILURES_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
@@ -157,7 +185,8 @@ def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
 
 
 TABLES = {"results": RESULTS_SCHEMA, "models": MODELS_SCHEMA, "failures": FAILURES_SCHEMA,
-          "train_metrics": TRAIN_METRICS_SCHEMA, "evaluations": EVALUATIONS_SCHEMA}
+          "train_metrics": TRAIN_METRICS_SCHEMA, "evaluations": EVALUATIONS_SCHEMA, "tune_trials": TUNE_TRIALS_SCHEMA,
+          "images": IMAGES_SCHEMA}
 
 
 def filesystem(root: str | Path) -> tuple[pafs.FileSystem, str]:

@@ -1,0 +1,89 @@
+"""Tune PGD's step_size and steps with Ray Tune (ASHA), record every trial, write the best settings.
+
+    ray job submit --working-dir . -- python -m jobs.tune --config jobs/configs/digits.yaml
+    python -m jobs.fanout --config jobs/configs/digits.yaml --from-tune runs/digits/tune_best.yaml
+
+The best settings are compared with the config's defaults on held-out images before they are written.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from pathlib import Path
+
+import yaml
+
+from jobs.common import git_sha, run_entry_point
+from jobs.config import ExperimentConfig
+from robrep.errors import ConfigError
+from robrep.store import TUNE_TRIALS_SCHEMA, now_utc, read_table, to_table
+
+
+def holdout_score(checkpoint: str, data: str, indices: list[int], objective: str, settings: dict) -> float:
+    """The objective for (step_size, steps) on images the trials never saw (one process, no early stop)."""
+    from datasets.beton import read_indices
+    from robrep.checkpoint import load_checkpoint
+    from robrep.experiments import tuning_problem
+    from robrep.pgd import pgd
+
+    model, _ = load_checkpoint(checkpoint)
+    images, labels = read_indices(data, indices)
+    loss_fn, x0, measure = tuning_problem(model, images, labels, objective)
+    return measure(pgd(loss_fn, x0, eps=settings["eps"], step_size=settings["step_size"], steps=settings["steps"],
+                       constraint=settings["constraint"]).x)
+
+
+def main(config: ExperimentConfig) -> None:
+    from cluster.connect import connect
+    from cluster.store import append_rows
+    from cluster.tune import run_tune
+    from datasets.beton import read_info, read_labels
+    from jobs.fanout import select_indices
+
+    spec = config.tune
+    if spec is None:
+        raise ConfigError("this config has no tune section")
+    models = read_table(config.store_root, "models")
+    row = models[models["model_id"] == spec.model]
+    if row.empty:
+        known = sorted(models["model_id"])
+        raise ConfigError(f"tune.model {spec.model!r} is not in the store's models table (known: {known})")
+    checkpoint = str(row.iloc[0]["checkpoint"])
+    data = str(config.data.path("test"))
+    read_info(data)
+    labels = read_labels(data)
+    tune_idx, holdout_idx = select_indices(spec.tune_indices, labels), select_indices(spec.holdout_indices, labels)
+    if set(tune_idx) & set(holdout_idx):
+        raise ConfigError("tune.tune_indices and tune.holdout_indices overlap: the comparison must be on unseen images")
+    connect(config.ray.address, config.ray.num_cpus)
+    run_id, start = uuid.uuid4().hex[:12], time.time()
+    fixed = {"checkpoint": checkpoint, "data": data, "indices": tune_idx, "objective": spec.objective,
+             "eps": spec.eps, "constraint": spec.constraint, "report_every": spec.report_every}
+    default = {"step_size": spec.default_step_size, "steps": spec.default_steps}
+    trials = run_tune(fixed, step_size=(spec.step_size.low, spec.step_size.high), steps=list(spec.steps),
+                      default=default, num_samples=spec.num_samples, max_concurrent=spec.max_concurrent,
+                      storage_path=str(config.storage_root / "ray_tune"), name=f"{spec.model}-{run_id}")
+    rows = [{**t, "run_id": run_id, "model_id": spec.model, "objective": spec.objective, "eps": spec.eps,
+             "constraint": spec.constraint, "git_sha": git_sha(), "created_at": now_utc()} for t in trials]
+    append_rows(config.store_root, "tune_trials", to_table(rows, TUNE_TRIALS_SCHEMA), key=run_id)
+    finished = [t for t in trials if t["steps_done"] == t["steps"]] or trials  # ASHA stops some trials early
+    best = min(finished, key=lambda t: t["metric"])
+    common = {"eps": spec.eps, "constraint": spec.constraint}
+    best_holdout = holdout_score(checkpoint, data, holdout_idx, spec.objective, {**best, **common})
+    default_holdout = holdout_score(checkpoint, data, holdout_idx, spec.objective, {**default, **common})
+    result = {"objective": spec.objective, "model_id": spec.model, "run_id": run_id,
+              "step_size": float(best["step_size"]), "steps": int(best["steps"]),
+              "tuning_metric": float(best["metric"]), "holdout_metric": best_holdout,
+              "default": {**default, "holdout_metric": default_holdout}, "trials": len(trials),
+              "seconds": time.time() - start}
+    output = Path(spec.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(yaml.safe_dump(result, sort_keys=False))
+    print(f"[tune] {len(trials)} trials; best step_size {best['step_size']:.4g}, steps {best['steps']}: "
+          f"held-out {spec.objective} metric {best_holdout:.4f} vs default {default_holdout:.4f}; wrote {output}",
+          flush=True)
+
+
+if __name__ == "__main__":
+    run_entry_point(main, __doc__)

@@ -1,0 +1,73 @@
+"""Figures drawn from store rows with PIL alone: labelled image grids and line charts (no matplotlib)."""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from robrep.store import decode_png
+
+CELL_GAP, LABEL_H = 2, 12
+COLOURS = [(200, 30, 30), (30, 90, 200), (30, 150, 60), (150, 60, 160), (220, 140, 0)]
+
+
+def labelled_grid(cells: list[list[bytes | np.ndarray | None]], row_labels: list[str], col_labels: list[str],
+                  scale: int = 4) -> Image.Image:
+    """A grid of images (PNG bytes or (H, W, 3) uint8; None = blank) with row and column labels."""
+    first = next(c for row in cells for c in row if c is not None)
+    first = decode_png(first) if isinstance(first, bytes) else first
+    h, w = first.shape[0] * scale, first.shape[1] * scale
+    left = 8 + 6 * max((len(s) for s in row_labels), default=0)
+    ncols = max(len(row) for row in cells)
+    grid = Image.new("RGB", (left + ncols * (w + CELL_GAP), LABEL_H + len(cells) * (h + CELL_GAP)), "white")
+    draw = ImageDraw.Draw(grid)
+    for c, label in enumerate(col_labels):
+        draw.text((left + c * (w + CELL_GAP) + 1, 0), str(label)[: max(1, w // 6)], fill="black")
+    for r, row in enumerate(cells):
+        y = LABEL_H + r * (h + CELL_GAP)
+        draw.text((2, y + h // 2 - 5), row_labels[r], fill="black")
+        for c, cell in enumerate(row):
+            if cell is None:
+                continue
+            image = decode_png(cell) if isinstance(cell, bytes) else cell
+            grid.paste(Image.fromarray(image).resize((w, h), Image.NEAREST), (left + c * (w + CELL_GAP), y))
+    return grid
+
+
+def line_chart(series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str, log_x: bool = True,
+               size: tuple[int, int] = (520, 340)) -> Image.Image:
+    """Lines of (x, y) points, one per series name, with axes, ticks and a legend."""
+    width, height = size
+    left, right, top, bottom = 60, 20, 20, 45
+    image = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(image)
+    points = [p for values in series.values() for p in values]
+    xs = [np.log2(x) if log_x else x for x, _ in points]
+    x_lo, x_hi = min(xs), max(xs) if max(xs) > min(xs) else min(xs) + 1
+    y_lo, y_hi = 0.0, max(max(y for _, y in points) * 1.05, 1e-6)
+
+    def at(x: float, y: float) -> tuple[float, float]:
+        x = np.log2(x) if log_x else x
+        return (left + (x - x_lo) / (x_hi - x_lo) * (width - left - right),
+                height - bottom - (y - y_lo) / (y_hi - y_lo) * (height - top - bottom))
+
+    draw.line([(left, top), (left, height - bottom), (width - right, height - bottom)], fill="black")
+    for x in sorted({x for x, _ in points}):
+        px, _ = at(x, 0)
+        draw.line([(px, height - bottom), (px, height - bottom + 4)], fill="black")
+        draw.text((px - 8, height - bottom + 6), f"{x:g}", fill="black")
+    for k in range(5):
+        y = y_lo + (y_hi - y_lo) * k / 4
+        _, py = at(sorted({x for x, _ in points})[0], y)
+        draw.text((4, py - 5), f"{y:.2f}", fill="black")
+    draw.text((width // 2 - 40, height - 16), x_label, fill="black")
+    draw.text((4, 4), y_label, fill="black")
+    for n, (name, values) in enumerate(series.items()):
+        colour = COLOURS[n % len(COLOURS)]
+        line = [at(x, y) for x, y in sorted(values)]
+        if len(line) > 1:
+            draw.line(line, fill=colour, width=2)
+        for px, py in line:
+            draw.ellipse([px - 3, py - 3, px + 3, py + 3], fill=colour)
+        draw.text((width - right - 150, top + 14 * n), name, fill=colour)
+    return image
