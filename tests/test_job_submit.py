@@ -75,6 +75,9 @@ def test_job_submit_smoke_succeeds_and_bad_config_fails(ray_head, tmp_path):
     assert len(results) == 62 and results[results["kind"] != "top_activating"]["job_id"].is_unique
     assert set(results["git_sha"]) == {"sha-under-test"}
 
+    again = submit(address, env, "jobs.fanout", "--config", SMOKE, *sets)  # the fan-out alone, resuming
+    assert again.returncode == 0 and "50 jobs, 50 already in the store, 0 to run" in again.stdout + again.stderr
+
     bad = submit(address, env, "jobs.main", "--config", SMOKE, "--set", "fanout.stepz=1", *sets)
     assert bad.returncode != 0
     assert "failed" in (bad.stdout + bad.stderr).lower()
