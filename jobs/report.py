@@ -37,6 +37,9 @@ class Report:
     def note(self, text: str) -> None:
         self.parts.append(f"<p class='note'>{html.escape(text)}</p>")
 
+    def text(self, text: str) -> None:
+        self.parts.append(f"<p>{html.escape(text)}</p>")
+
     def missing_section(self, what: str, how: str) -> None:
         self.missing.append(what)
         self.note(f"Missing: {what} — {how}")
@@ -77,7 +80,7 @@ def _models_table(report: Report, models: pd.DataFrame, evaluations: pd.DataFram
                     "epochs"]].rename(columns={"clean_acc": "Standard", "adv_acc": "Adversarial"})
     report.table(table)
     if not evaluations.empty:
-        report.note("jobs.evaluate runs:")
+        report.text("jobs.evaluate runs:")
         report.table(evaluations[["model_id", "clean_acc", "adv_acc", "constraint", "eps", "steps", "step_size",
                                   "restarts", "n"]])
 
@@ -157,7 +160,7 @@ def _manipulations(report: Report, results: pd.DataFrame, lookup: dict) -> None:
                       *(by_model.loc[m, "image_png"] if m in by_model.index else None for m in models)])
         steps = ", ".join(f"{m}: {int(by_model.loc[m, 'steps_taken'])}" for m in models if m in by_model.index)
         labels.append(f"#{pair.coordinate}")
-        report.note(f"image {pair.source_index}, coordinate {pair.coordinate}: steps before the stop rule — {steps}")
+        report.text(f"image {pair.source_index}, coordinate {pair.coordinate}: steps before the stop rule — {steps}")
     report.figure("fig11_manipulate", labelled_grid(cells, labels, ["original", *models]),
                   "Fig. 11: the feature added until it exceeds every other coordinate")
 
