@@ -25,7 +25,7 @@ from cluster.store import append_rows
 from datasets.beton import make_loader
 from robrep.models import create_model
 from robrep.store import TRAIN_METRICS_SCHEMA, now_utc, to_table
-from robrep.train import AttackSpec, adversarial_examples
+from robrep.train import AttackSpec, adversarial_examples, count_correct
 
 STATE_FILE = "state.pt"
 
@@ -68,23 +68,21 @@ def _sync_buffers(model) -> None:
             dist.broadcast(buffer, src=0)
 
 
-def _evaluate(model, loader, attack: AttackSpec | None, device, max_images: int | None) -> tuple[float, float]:
-    """Clean and adversarial accuracy over this rank's shard, summed over ranks. The attack keeps each
-    example's strongest iterate. (DistributedSampler pads shards by at most world_size - 1 repeats.)"""
-    model.eval()
-    n = clean = adv = 0
+def _on_device(loader, device, max_images: int | None):
+    """The loader's batches on `device`, stopping once max_images (if any) have been given."""
+    seen = 0
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        with torch.no_grad():
-            clean += int((model(x).argmax(1) == y).sum())
-        if attack is not None:
-            x_adv = adversarial_examples(model, x, y, attack, keep="best")
-            with torch.no_grad():
-                adv += int((model(x_adv).argmax(1) == y).sum())
-        n += len(y)
-        if max_images is not None and n >= max_images:
-            break
-    n, clean, adv = _all_reduce([n, clean, adv], device)
+        yield x.to(device), y.to(device)
+        seen += len(y)
+        if max_images is not None and seen >= max_images:
+            return
+
+
+def _evaluate(model, loader, attack: AttackSpec | None, device, max_images: int | None) -> tuple[float, float]:
+    """Clean and adversarial accuracy over this rank's shard, summed over ranks.
+    (DistributedSampler pads shards by at most world_size - 1 repeats.)"""
+    counts = count_correct(model, _on_device(loader, device, max_images), attack)
+    n, clean, adv = _all_reduce(list(counts), device)
     return clean / max(n, 1), (adv / max(n, 1) if attack is not None else float("nan"))
 
 

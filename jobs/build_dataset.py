@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from jobs.common import run_entry_point
+from jobs.common import exit_on_error, run_entry_point
 from jobs.config import DataSpec, ExperimentConfig
 from robrep.errors import RobrepError
 
@@ -106,8 +106,4 @@ if __name__ == "__main__":
     if "--config" in sys.argv:
         run_entry_point(main, __doc__)
     else:
-        try:
-            build_from_args(parse(sys.argv[1:]))
-        except RobrepError as e:
-            print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-            sys.exit(2)
+        exit_on_error(lambda argv: build_from_args(parse(argv)))

@@ -30,9 +30,13 @@ def run_entry_point(main: Callable[[ExperimentConfig], None], description: str, 
     Any other exception keeps its traceback and exits 1; both make `ray job submit` report FAILED.
     """
     args = parse_args(description, argv)
+    exit_on_error(lambda _: main(load_config(args.config, args.overrides, args.from_tune)))
+
+
+def exit_on_error(main: Callable[[list[str]], None]) -> None:
+    """For entry points that take flags instead of a config: the same exit-code contract."""
     try:
-        config = load_config(args.config, args.overrides, args.from_tune)
-        main(config)
+        main(sys.argv[1:])
     except RobrepError as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

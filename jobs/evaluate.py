@@ -11,11 +11,10 @@ Table 4/5. Defaults are the paper's (A.4): L2, eps 3.0, 20 steps, step 0.375.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 
-from robrep.errors import ConfigError, RobrepError
+from robrep.errors import ConfigError
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -97,8 +96,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except RobrepError as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    from jobs.common import exit_on_error
+
+    exit_on_error(main)

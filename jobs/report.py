@@ -15,7 +15,6 @@ import argparse
 import base64
 import html
 import io
-import sys
 from pathlib import Path
 
 import pandas as pd
@@ -262,8 +261,6 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main(sys.argv[1:])
-    except RobrepError as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
-        sys.exit(2)
+    from jobs.common import exit_on_error
+
+    exit_on_error(main)

@@ -87,8 +87,10 @@ def train_step(
     return loss.item(), int((logits.argmax(1) == y).sum())
 
 
-def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], attack: AttackSpec | None) -> dict:
-    """Clean accuracy, and adversarial accuracy under `attack` (NaN when None), over (x, y) batches.
+def count_correct(
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], attack: AttackSpec | None
+) -> tuple[int, int, int]:
+    """(examples, clean correct, adversarially correct under `attack`; 0 when None) over (x, y) batches.
 
     An example counts as robust only if the strongest iterate of every restart is still classified right.
     """
@@ -102,6 +104,12 @@ def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tenso
             with torch.no_grad():
                 adv += int((model(x_adv).argmax(1) == y).sum())
         n += len(y)
+    return n, clean, adv
+
+
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], attack: AttackSpec | None) -> dict:
+    """Clean accuracy, and adversarial accuracy under `attack` (NaN when None), over (x, y) batches."""
+    n, clean, adv = count_correct(model, batches, attack)
     if n == 0:
         raise ValueError("evaluate() got no batches")
     return {"n": n, "clean_acc": clean / n, "adv_acc": adv / n if attack is not None else float("nan")}

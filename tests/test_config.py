@@ -41,6 +41,8 @@ def test_paper_presets_carry_the_papers_settings():
 def test_unknown_key_is_named():
     with pytest.raises(ConfigError, match="unknown config key 'fanout.stepz'"):
         load_config(SMOKE, ["fanout.stepz=3"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'fanout.jobs\[0\].step'"):
+        load_config(SMOKE, ["fanout.jobs=[{kind: invert, step: 3}]"])
 
 
 def test_unknown_top_level_key_is_named():
@@ -54,8 +56,10 @@ def test_unknown_top_level_key_is_named():
         ("train=[{model_id: m, attack: {eps: -1.0, steps: 7, step_size: 0.5}}]", "eps=-1.0 must be >= 0"),
         ("train=[{model_id: m, attack: {eps: 1.0, steps: 0, step_size: 0.5}}]", "steps=0 must be >= 1"),
         ("train=[{model_id: m, arch: resnet9000}]", "unknown arch 'resnet9000'"),
-        ("fanout.steps=ten", "expected an integer"),
-        ("fanout.inits=[noise, sketch]", "not one of"),
+        ("fanout.batch_size=ten", "expected an integer"),
+        ("fanout.jobs=[{kind: invert, inits: [noise, sketch]}]", "not one of"),
+        ("fanout.jobs=[{kind: invert_sweep, radii: []}]", "radii must be a non-empty list"),
+        ("tune.step_size={low: 1.0, high: 0.1}", "0 < low < high"),
         ("data.resolution=2", "data.resolution=2"),
     ],
 )
