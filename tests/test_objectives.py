@@ -87,3 +87,19 @@ def test_untargeted_and_targeted_attacks_move_predictions(model):
     result = pgd(targeted_attack(model, target), x, eps=1000.0, step_size=0.2, steps=30)
     assert (result.loss < before).all()
     assert (model(result.x).argmax(1) == target).float().mean() > 0.5
+
+
+def test_tuning_problems_measure_what_they_minimise(model):
+    from robrep.experiments import tuning_problem
+
+    images, labels = torch.rand(6, 3, 12, 12), torch.randint(0, 10, (6,))
+    labels = model(images).argmax(1)  # all correct at the start
+    loss_fn, x0, measure = tuning_problem(model, images, labels, "attack")
+    assert measure(x0) == 1.0
+    attacked = pgd(loss_fn, x0, eps=1000.0, step_size=0.2, steps=30).x
+    assert measure(attacked) < 1.0  # a stronger attack scores lower
+    loss_fn, x0, measure = tuning_problem(model, images, labels, "inversion")
+    before = measure(x0)
+    assert measure(pgd(loss_fn, x0, eps=1000.0, step_size=0.05, steps=30).x) < before
+    with pytest.raises(ValueError, match="unknown tuning objective"):
+        tuning_problem(model, images, labels, "beauty")
