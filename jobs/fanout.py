@@ -23,7 +23,7 @@ from jobs.common import git_sha, run_entry_point
 from jobs.config import CoordinateSpec, ExperimentConfig, FanoutSpec, IndexSpec, JobSpec
 from robrep.errors import ConfigError, DataError
 from robrep.experiments import JOB_KEYS
-from robrep.store import FAILURES_SCHEMA, RESULTS_SCHEMA, now_utc, read_table, to_table
+from robrep.store import FAILURES_SCHEMA, REPRESENTATIONS_SCHEMA, RESULTS_SCHEMA, now_utc, read_table, to_table
 
 
 def job_id(spec: dict) -> str:
@@ -128,7 +128,13 @@ def expand(fan: FanoutSpec, data_source: str, models: dict[str, dict], labels: n
                 }
                 spec["job_id"] = job_id(spec)
                 jobs.append(spec)
-    return jobs
+            if block.kind == "top_activating":  # the split's representations go to the store first
+                spec = {**jobs[-1], "kind": "representations", "coordinate": -1, "constraint": "none", "eps": 0.0,
+                        "step_size": 0.0, "rng_seed": 0}
+                spec["job_id"] = job_id(spec)
+                jobs.append(spec)
+    unique = {job["job_id"]: job for job in jobs}  # two top_activating blocks share one representations job
+    return list(unique.values())
 
 
 def pack(jobs: list[dict], batch_size: int) -> list[list[dict]]:
@@ -145,7 +151,13 @@ def run_batch(jobs: list[dict], cache: dict) -> list[dict]:
     The actor's cache keeps models, images and split representations across batches."""
     from datasets.beton import read_all, read_indices, read_info
     from robrep.checkpoint import load_checkpoint
-    from robrep.experiments import run_pgd_batch, run_top_activating, split_representations, timed_rows
+    from robrep.experiments import (
+        representation_rows,
+        run_pgd_batch,
+        run_top_activating,
+        split_representations,
+        timed_rows,
+    )
 
     first = jobs[0]
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -164,10 +176,12 @@ def run_batch(jobs: list[dict], cache: dict) -> list[dict]:
             return everything[0][indices], everything[1][indices]
         return read_indices(path, indices)
 
-    if first["kind"] == "top_activating":
+    if first["kind"] in ("top_activating", "representations"):
         key = ("representations", first["checkpoint"], path)
         if key not in cache:
             cache[key] = split_representations(model, get_images, size, device)
+        if first["kind"] == "representations":
+            return [row for job in jobs for row in representation_rows(job, *cache[key])]
         rows = timed_rows(run_top_activating, jobs, *cache[key], get_images)
     else:
         rows = timed_rows(run_pgd_batch, model, jobs, get_images, device)
@@ -251,7 +265,7 @@ def run_fanout(config: ExperimentConfig, jobs: list[dict] | None = None) -> dict
     fan, root = config.fanout, config.store_root
     jobs = plan(config) if jobs is None else jobs
     store_images(root, jobs)
-    done = committed_job_ids(root)
+    done = committed_job_ids(root) | committed_job_ids(root, "representations")
     todo = [j for j in jobs if j["job_id"] not in done]
     batches = pack(todo, fan.batch_size)
     print(f"[fanout] {len(jobs)} jobs, {len(jobs) - len(todo)} already in the store, {len(todo)} to run in "
@@ -262,8 +276,13 @@ def run_fanout(config: ExperimentConfig, jobs: list[dict] | None = None) -> dict
     def on_done(batch: list[dict], rows: list[dict]) -> None:
         for row in rows:
             row.update(run_id=run_id, git_sha=sha, created_at=now_utc())
-        partition = {"kind": batch[0]["kind"], "model_id": batch[0]["model_id"]}
-        commit_part(root, "results", to_table(rows, RESULTS_SCHEMA), partition, part_name([j["job_id"] for j in batch]))
+        name = part_name([j["job_id"] for j in batch])
+        if batch[0]["kind"] == "representations":
+            table = to_table(rows, REPRESENTATIONS_SCHEMA)
+            commit_part(root, "representations", table, {"model_id": batch[0]["model_id"]}, name)
+        else:
+            partition = {"kind": batch[0]["kind"], "model_id": batch[0]["model_id"]}
+            commit_part(root, "results", to_table(rows, RESULTS_SCHEMA), partition, name)
 
     def on_error(batch: list[dict], error: BaseException) -> None:
         message = f"{type(error).__name__}: {error}"[:2000]

@@ -163,6 +163,12 @@ def split_representations(model: nn.Module, get_images: GetImages, size: int, de
     return torch.cat(reps), torch.cat(labels)
 
 
+def representation_rows(job: dict, reps: torch.Tensor, labels: torch.Tensor) -> list[dict]:
+    """One row per image of the split: its index, label and R(x) (the `representations` table)."""
+    return [{"job_id": job["job_id"], "model_id": job["model_id"], "dataset": job["dataset"], "split": job["split"],
+             "index": i, "label": int(labels[i]), "representation": reps[i].tolist()} for i in range(len(reps))]
+
+
 def run_top_activating(jobs: list[dict], reps: torch.Tensor, labels: torch.Tensor, get_images: GetImages) -> list[dict]:
     """Fig. 8: per coordinate, the k most and k least activating images of the split (2k rows per job).
     `split_rank` is the image's place in the split sorted by that activation (0 = most activating)."""

@@ -118,6 +118,21 @@ EVALUATIONS_SCHEMA = pa.schema(
     ]
 )
 
+REPRESENTATIONS_SCHEMA = pa.schema(  # R(x) of every image of a split, per model (top_activating's input)
+    [
+        ("run_id", pa.string()),
+        ("job_id", pa.string()),
+        ("model_id", pa.string()),
+        ("dataset", pa.string()),
+        ("split", pa.string()),
+        ("index", pa.int64()),
+        ("label", pa.int32()),
+        ("representation", pa.list_(pa.float32())),
+        ("git_sha", pa.string()),
+        ("created_at", pa.timestamp("us", tz="UTC")),
+    ]
+)
+
 IMAGES_SCHEMA = pa.schema(  # the dataset images that results refer to (targets, sources), for figures
     [
         ("dataset", pa.string()),
@@ -186,7 +201,7 @@ def to_table(rows: list[dict], schema: pa.Schema) -> pa.Table:
 
 TABLES = {"results": RESULTS_SCHEMA, "models": MODELS_SCHEMA, "failures": FAILURES_SCHEMA,
           "train_metrics": TRAIN_METRICS_SCHEMA, "evaluations": EVALUATIONS_SCHEMA, "tune_trials": TUNE_TRIALS_SCHEMA,
-          "images": IMAGES_SCHEMA}
+          "images": IMAGES_SCHEMA, "representations": REPRESENTATIONS_SCHEMA}
 
 
 def filesystem(root: str | Path) -> tuple[pafs.FileSystem, str]:

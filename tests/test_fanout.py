@@ -71,9 +71,10 @@ def test_expansion_is_deterministic_and_covers_every_kind(trained, tmp_path):
     config = config_for(trained, seed_store(trained, tmp_path))
     first, second = plan_of(config), plan_of(config)
     assert [j["job_id"] for j in first] == [j["job_id"] for j in second]
-    assert len({j["job_id"] for j in first}) == len(first) == 50
+    assert len({j["job_id"] for j in first}) == len(first) == 52
     kinds = {j["kind"] for j in first}
-    assert kinds == {"invert", "invert_sweep", "pairs", "visualize", "manipulate", "interpolate", "top_activating"}
+    assert kinds == {"invert", "invert_sweep", "pairs", "visualize", "manipulate", "interpolate", "top_activating",
+                     "representations"}  # one representations job per model feeds top_activating
     assert {j["model_id"] for j in first if j["kind"] == "pairs"} == {"digits_standard"}
     lams = sorted(j["lam"] for j in first if j["kind"] == "interpolate" and j["model_id"] == "digits_robust")
     assert lams == [0.0, 0.5, 1.0]

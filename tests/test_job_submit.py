@@ -76,7 +76,7 @@ def test_job_submit_smoke_succeeds_and_bad_config_fails(ray_head, tmp_path):
     assert set(results["git_sha"]) == {"sha-under-test"}
 
     again = submit(address, env, "jobs.fanout", "--config", SMOKE, *sets)  # the fan-out alone, resuming
-    assert again.returncode == 0 and "50 jobs, 50 already in the store, 0 to run" in again.stdout + again.stderr
+    assert again.returncode == 0 and "52 jobs, 52 already in the store, 0 to run" in again.stdout + again.stderr
 
     bad = submit(address, env, "jobs.main", "--config", SMOKE, "--set", "fanout.stepz=1", *sets)
     assert bad.returncode != 0

@@ -30,7 +30,9 @@ def test_main_smoke_writes_every_kind_then_a_rerun_skips_everything(smoke):
     models = pd.read_parquet(tmp / "store" / "models")
     assert sorted(models["model_id"]) == ["digits_robust", "digits_standard"]
     assert models["clean_acc"].between(0, 1).all()
-    assert len(results) == 62  # 50 jobs; each of the 4 top_activating jobs writes 2k = 4 rows
+    assert len(results) == 62  # 48 result jobs; each of the 4 top_activating jobs writes 2k = 4 rows
+    representations = pd.read_parquet(tmp / "store" / "representations")
+    assert len(representations) == 2 * 359 and len(representations["representation"].iloc[0]) == 128
     assert results[results["kind"] != "top_activating"]["job_id"].is_unique
     assert (results[results["kind"] == "invert"].groupby("model_id").size() == 12).all()
     assert set(results["kind"]) == {"invert", "invert_sweep", "pairs", "visualize", "manipulate", "interpolate",
@@ -46,7 +48,7 @@ def test_main_smoke_writes_every_kind_then_a_rerun_skips_everything(smoke):
 
     second = run_module("jobs.fanout", "--config", SMOKE, *store_overrides(tmp))
     assert second.returncode == 0, second.stderr[-3000:]
-    assert "50 jobs, 50 already in the store, 0 to run" in second.stdout
+    assert "52 jobs, 52 already in the store, 0 to run" in second.stdout
     assert len(pd.read_parquet(tmp / "store" / "results")) == 62
 
 
