@@ -124,14 +124,18 @@ def test_an_interrupted_run_resumes_at_the_next_epoch(tmp_path):
     wait_for(lambda: len(list(checkpoints.glob("checkpoint_*/state.pt"))) >= 2, 300, proc)
     os.killpg(proc.pid, signal.SIGKILL)  # the driver and its local Ray, at once
     proc.wait(timeout=60)
-    done = max(torch.load(p, weights_only=True)["epoch"] for p in checkpoints.glob("checkpoint_*/state.pt"))
+    # A checkpoint folder can be on disk a moment before Ray Train registers it, so the resume point is
+    # the epoch after one of the checkpoints present at the kill, and never epoch 0.
+    saved = {torch.load(p, weights_only=True)["epoch"] for p in checkpoints.glob("checkpoint_*/state.pt")}
     first_pids = {r["pid"] for r in audits(tmp_path)}
-    assert done < 3 and not (tmp_path / "store" / "models").exists()
+    assert max(saved) < 3 and not (tmp_path / "store" / "models").exists()
 
     rerun = start_training(tmp_path, config)
     assert rerun.wait(timeout=600) == 0
     resumed = [r for r in audits(tmp_path) if r["pid"] not in first_pids]
-    assert min(r["epoch"] for r in resumed) == done + 1
+    start = min(r["epoch"] for r in resumed)
+    assert start >= 1 and start - 1 in saved
+    assert {r["epoch"] for r in resumed} == set(range(start, 4))
     assert pd.read_parquet(tmp_path / "store" / "models")["epochs"].tolist() == [4]
 
 
