@@ -17,7 +17,6 @@ from pathlib import Path
 import ray.train
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, get_device, prepare_model
 
@@ -25,7 +24,7 @@ from cluster.store import append_rows
 from datasets.beton import make_loader
 from robrep.models import create_model
 from robrep.store import TRAIN_METRICS_SCHEMA, now_utc, to_table
-from robrep.train import AttackSpec, adversarial_examples, count_correct
+from robrep.train import AttackSpec, count_correct, train_step
 
 STATE_FILE = "state.pt"
 
@@ -127,16 +126,9 @@ def train_loop_per_worker(config: dict) -> None:
         start, seen, correct, loss_sum, batches, labels = time.time(), 0, 0, 0.0, 0, []
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            with autocast:
-                inputs = x if attack is None else adversarial_examples(model, x, y, attack)  # eval mode inside
-                model.train()
-                logits = ddp_model(inputs)
-                loss = F.cross_entropy(logits, y, label_smoothing=config["label_smoothing"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            seen, batches = seen + len(y), batches + 1
-            correct, loss_sum = correct + int((logits.argmax(1) == y).sum()), loss_sum + loss.item()
+            loss, hits = train_step(ddp_model, optimizer, x, y, attack, attack_model=model,
+                                    label_smoothing=config["label_smoothing"], autocast=autocast)
+            seen, batches, correct, loss_sum = seen + len(y), batches + 1, correct + hits, loss_sum + loss
             if config["audit_dir"]:
                 labels.append(y.cpu().clone())
         _sync_buffers(model)

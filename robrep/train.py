@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -71,16 +72,20 @@ def train_step(
     y: torch.Tensor,
     attack: AttackSpec | None,
     attack_model: nn.Module | None = None,
+    label_smoothing: float = 0.0,
+    autocast: contextlib.AbstractContextManager | None = None,
 ) -> tuple[float, int]:
     """One SGD step on clean (attack=None) or adversarial inputs. Returns (mean loss, #correct).
 
     attack_model: the module the attack differentiates (default `model`). Under DDP pass the unwrapped
     module, so the attack's input-gradient passes never enter DDP's gradient synchronisation.
+    autocast: a context (e.g. bf16 autocast on GPU) for the attack and the forward; backward runs outside.
     """
-    inputs = x if attack is None else adversarial_examples(attack_model or model, x, y, attack)
-    model.train()
-    logits = model(inputs)
-    loss = F.cross_entropy(logits, y)
+    with autocast or contextlib.nullcontext():
+        inputs = x if attack is None else adversarial_examples(attack_model or model, x, y, attack)
+        model.train()
+        logits = model(inputs)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
