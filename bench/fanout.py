@@ -25,15 +25,17 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-from cluster.store import append_rows  # noqa: E402
+from cluster.worker import run_batch  # noqa: E402
 from datasets.beton import read_info  # noqa: E402
 from jobs.build_dataset import build  # noqa: E402
 from jobs.config import DataSpec, ExperimentConfig  # noqa: E402
-from jobs.fanout import pack, plan, run_batch  # noqa: E402
+from jobs.fanout import plan  # noqa: E402
 from robrep.checkpoint import save_checkpoint  # noqa: E402
 from robrep.config import from_dict  # noqa: E402
 from robrep.models import create_model  # noqa: E402
-from robrep.store import MODELS_SCHEMA, now_utc, to_table  # noqa: E402
+from robrep.plan import pack  # noqa: E402
+from robrep.store.commit import append_rows  # noqa: E402
+from robrep.store.schema import MODELS_SCHEMA, now_utc, to_table  # noqa: E402
 
 
 def setup(tmp: Path, targets: int, steps: int) -> ExperimentConfig:

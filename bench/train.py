@@ -26,7 +26,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 from datasets.beton import make_loader, read_info, write_beton  # noqa: E402
 from datasets.sources import digits  # noqa: E402
 from robrep.models import create_model  # noqa: E402
-from robrep.train import AttackSpec, train_step  # noqa: E402
+from robrep.train import AttackSpec, ModelSpec, train_step  # noqa: E402
 
 
 def plain_epochs(path: Path, epochs: int, attack: AttackSpec | None) -> float:
@@ -53,21 +53,17 @@ def ray_epochs(path: Path, test: Path, epochs: int, tmp: Path) -> float:
     import ray
 
     from cluster.connect import connect
-    from cluster.train import fit
+    from cluster.train import TrainRun, fit
     from robrep.store import read_table
 
     info = read_info(path)
     connect(None, num_cpus=2)
-    config = {
-        "model_id": "bench", "arch": "small_cnn", "arch_kwargs": {}, "num_classes": info["num_classes"],
-        "mean": info["mean"], "std": info["std"], "train_path": str(path), "test_path": str(test),
-        "store": str(tmp / "store"), "batch_size": 64, "epochs": epochs, "lr": 0.05, "momentum": 0.9,
-        "weight_decay": 0.0, "lr_milestones": [1000], "lr_gamma": 0.1, "warmup_epochs": 0, "label_smoothing": 0.0,
-        "augment": "none", "padding": 0, "seed": 0, "threads": 2, "bf16": False, "attack": None,
-        "eval_attack": None, "eval_every": 1000, "eval_max_images": 1, "audit_dir": None,
-    }
-    fit(config, name="bench", storage_path=str(tmp / "ray_train"), num_workers=1, use_gpu=False,
-        resources_per_worker={"CPU": 2}, placement_strategy="PACK", max_failures=0)
+    spec = ModelSpec(model_id="bench", arch="small_cnn", epochs=epochs, batch_size=64, lr=0.05, weight_decay=0.0,
+                     lr_milestones=(1000,), augment="none", padding=0, eval_every=1000, eval_max_images=1,
+                     num_workers=1, cpus_per_worker=2, bf16=False)
+    run = TrainRun(spec, info["num_classes"], tuple(info["mean"]), tuple(info["std"]), str(path), str(test),
+                   str(tmp / "store"))
+    fit(run, storage_path=str(tmp / "ray_train"))
     ray.shutdown()
     metrics = read_table(tmp / "store", "train_metrics").sort_values("epoch")
     return float(metrics["images_per_s"].iloc[1:].mean())

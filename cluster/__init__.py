@@ -1,1 +1,2 @@
-"""Ray wiring: connecting, Ray Train, the bounded fan-out pool and atomic store commits. No math here."""
+"""Ray wiring: connecting, Ray Train, the bounded fan-out pool and its workers, Tune, sharded evaluation.
+No math here, and nothing from jobs/."""

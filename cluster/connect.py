@@ -1,7 +1,9 @@
-"""Connect to Ray: an existing cluster (address) or a local one kept on loopback."""
+"""Connect to Ray: an existing cluster (address) or a local one kept on loopback; a quiet console unless
+asked otherwise (Ray's own per-report lines and worker logs go to Ray's log files under /tmp/ray)."""
 
 from __future__ import annotations
 
+import logging
 import os
 
 import ray
@@ -12,19 +14,31 @@ LOCAL_NODE_IP = "127.0.0.2"
 DASHBOARD_HOST = "127.0.0.1"
 
 
-def connect(address: str | None, num_cpus: int | None = None) -> None:
+def quiet_console() -> None:
+    """Keep Ray's internal messages (Train's per-report lines, Tune's status tables, C++ core-worker lines)
+    off the terminal; they stay in Ray's session logs."""
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    for name in ("ray", "ray.train", "ray.tune", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def connect(address: str | None, num_cpus: int | None = None, *, verbose: bool = False) -> None:
     """Join the cluster at `address` ("auto" under `ray job submit`), or start a local Ray when None.
 
     When the process already runs inside a Ray job (RAY_ADDRESS is set by `ray job submit`), that
-    cluster is used whatever `address` says.
+    cluster is used whatever `address` says. verbose=False keeps Ray's own messages off the console.
     """
     if ray.is_initialized():
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if not verbose:
+        quiet_console()
     if address is None and "RAY_ADDRESS" in os.environ:
         address = "auto"
+    logging_level = "info" if verbose else "error"
     if address is not None:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=verbose, logging_level=logging_level)
         return
     ray.init(
         address="local",  # always a new local Ray; never attach to whatever cluster this machine ran last
@@ -33,5 +47,6 @@ def connect(address: str | None, num_cpus: int | None = None) -> None:
         include_dashboard=True,
         dashboard_host=DASHBOARD_HOST,
         configure_logging=True,
-        logging_level="warning",
+        logging_level=logging_level,
+        log_to_driver=verbose,
     )

@@ -11,13 +11,14 @@ from robrep.train import AttackSpec, evaluate
 
 
 @ray.remote
-def _evaluate_shard(checkpoint: str, data: str, indices: list[int], attack: dict | None, batch_size: int) -> dict:
+def _evaluate_shard(checkpoint: str, data: str, indices: list[int], attack: AttackSpec | None, batch_size: int
+                    ) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, _ = load_checkpoint(checkpoint, map_location=device)
     images, labels = read_indices(data, indices)
     batches = ((images[i : i + batch_size].to(device), labels[i : i + batch_size].to(device))
                for i in range(0, len(indices), batch_size))
-    return evaluate(model, batches, AttackSpec(**attack) if attack else None)
+    return evaluate(model, batches, attack)
 
 
 def evaluate_checkpoint(
@@ -28,7 +29,7 @@ def evaluate_checkpoint(
     bounds = [round(num_images * s / shards) for s in range(shards + 1)]
     refs = [
         _evaluate_shard.options(num_gpus=gpus_per_shard, num_cpus=cpus_per_shard).remote(
-            checkpoint, data, list(range(lo, hi)), vars(attack) if attack else None, batch_size)
+            checkpoint, data, list(range(lo, hi)), attack, batch_size)
         for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo
     ]
     parts = ray.get(refs)

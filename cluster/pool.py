@@ -16,7 +16,7 @@ import ray
 import torch
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError, RayTaskError
 
-BatchFn = Callable[[list[dict], dict], list[dict]]  # (jobs, actor cache) -> rows
+BatchFn = Callable[[list, dict], list[dict]]  # (jobs, actor cache) -> rows
 
 
 @ray.remote
@@ -26,7 +26,7 @@ class PoolWorker:
         self._batch_fn = batch_fn
         self._cache: dict = {}
 
-    def run(self, jobs: list[dict]) -> list[dict]:
+    def run(self, jobs: list) -> list[dict]:
         return self._batch_fn(jobs, self._cache)
 
     def pid(self) -> int:
@@ -67,11 +67,11 @@ class WorkerPool:
 
     def run(
         self,
-        batches: list[list[dict]],
+        batches: list[list],
         *,
         max_in_flight: int,
-        on_done: Callable[[list[dict], list[dict]], None],
-        on_error: Callable[[list[dict], BaseException], None],
+        on_done: Callable[[list, list[dict]], None],
+        on_error: Callable[[list, BaseException], None],
         max_retries: int = 3,
         progress: bool = True,
     ) -> None:
@@ -128,15 +128,15 @@ class WorkerPool:
 
 
 def run_pool(
-    batches: list[list[dict]],
+    batches: list[list],
     batch_fn: BatchFn,
     *,
     workers: int,
     cpus_per_worker: float,
     gpus_per_worker: float = 0.0,
     max_in_flight: int,
-    on_done: Callable[[list[dict], list[dict]], None],
-    on_error: Callable[[list[dict], BaseException], None],
+    on_done: Callable[[list, list[dict]], None],
+    on_error: Callable[[list, BaseException], None],
     max_retries: int = 3,
 ) -> None:
     """Run every batch through a fresh WorkerPool of `workers` actors (see WorkerPool.run)."""

@@ -8,10 +8,12 @@ Rank 0 also commits one `train_metrics` row per epoch to the store (a rerun of a
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import ray.train
@@ -20,13 +22,31 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, get_device, prepare_model
 
-from cluster.store import append_rows
 from datasets.beton import make_loader
 from robrep.models import create_model
-from robrep.store import TRAIN_METRICS_SCHEMA, now_utc, to_table
-from robrep.train import AttackSpec, count_correct, train_step
+from robrep.store.commit import append_rows
+from robrep.store.schema import TRAIN_METRICS_SCHEMA, now_utc, to_table
+from robrep.train import AttackSpec, ModelSpec, count_correct, train_step
 
 STATE_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """Everything a Ray Train worker needs: the model's spec and where its data, store and audit live."""
+
+    spec: ModelSpec
+    num_classes: int
+    mean: tuple[float, ...]  # per-channel normalisation, from the dataset's sidecar
+    std: tuple[float, ...]
+    train_path: str
+    test_path: str
+    store: str
+    audit_dir: str | None = None
+
+    @property
+    def threads(self) -> int:
+        return max(1, int(self.spec.cpus_per_worker))
 
 
 def make_scheduler(optimizer, milestones, gamma: float, warmup_epochs: int):
@@ -96,63 +116,59 @@ def _audit(folder: str | None, rank: int, epoch: int, labels: list[torch.Tensor]
     torch.save(record, Path(folder) / f"rank{rank}_epoch{epoch}_pid{os.getpid()}.pt")
 
 
-def train_loop_per_worker(config: dict) -> None:
-    """Runs on every Ray Train worker. `config` holds plain values only (see jobs/train.py)."""
-    torch.set_num_threads(config["threads"])
+def train_loop_per_worker(run: TrainRun) -> None:
+    """Runs on every Ray Train worker: one epoch of standard or adversarial steps, evaluation, a checkpoint."""
+    spec = run.spec
+    torch.set_num_threads(run.threads)
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = get_device()
-    torch.manual_seed(config["seed"])
-    model = create_model(config["arch"], config["num_classes"], config["mean"], config["std"], **config["arch_kwargs"])
+    torch.manual_seed(spec.rng_seed)
+    model = create_model(spec.arch, run.num_classes, run.mean, run.std, **spec.arch_kwargs)
     model = model.to(memory_format=torch.channels_last)
     ddp_model = prepare_model(model)  # moves to `device`; DDP over gloo (CPU) or NCCL (GPU)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config["lr"], momentum=config["momentum"], weight_decay=config["weight_decay"]
-    )
-    scheduler = make_scheduler(optimizer, config["lr_milestones"], config["lr_gamma"], config["warmup_epochs"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum,
+                                weight_decay=spec.weight_decay)
+    scheduler = make_scheduler(optimizer, spec.lr_milestones, spec.lr_gamma, spec.warmup_epochs)
     start_epoch = _restore(model, optimizer, scheduler)
     # Built after Ray set up the process group, so distributed=True gives each rank a disjoint shard.
-    loader = make_loader(config["train_path"], config["batch_size"] // world, train=True, distributed=world > 1,
-                         seed=config["seed"], augment=config["augment"], padding=config["padding"])
-    test_loader = make_loader(config["test_path"], max(1, config["batch_size"] // world), train=False,
-                              distributed=world > 1)
-    attack = AttackSpec(**config["attack"]) if config["attack"] else None
-    eval_attack = AttackSpec(**config["eval_attack"]) if config["eval_attack"] else None
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and config["bf16"]
+    loader = make_loader(run.train_path, spec.batch_size // world, train=True, distributed=world > 1,
+                         seed=spec.rng_seed, augment=spec.augment, padding=spec.padding)
+    test_loader = make_loader(run.test_path, max(1, spec.batch_size // world), train=False, distributed=world > 1)
+    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and spec.bf16
                 else contextlib.nullcontext())
-    for epoch in range(start_epoch, config["epochs"]):
+    for epoch in range(start_epoch, spec.epochs):
         loader.next_epoch = epoch  # the shuffle of epoch e is seeded by (seed, e), so a resume replays it
         model.train()
         start, seen, correct, loss_sum, batches, labels = time.time(), 0, 0, 0.0, 0, []
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss, hits = train_step(ddp_model, optimizer, x, y, attack, attack_model=model,
-                                    label_smoothing=config["label_smoothing"], autocast=autocast)
+            loss, hits = train_step(ddp_model, optimizer, x, y, spec.attack, attack_model=model,
+                                    label_smoothing=spec.label_smoothing, autocast=autocast)
             seen, batches, correct, loss_sum = seen + len(y), batches + 1, correct + hits, loss_sum + loss
-            if config["audit_dir"]:
+            if run.audit_dir:
                 labels.append(y.cpu().clone())
         _sync_buffers(model)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
         train_seconds = time.time() - start
         seen_all, correct_all, loss_all = _all_reduce([seen, correct, loss_sum / max(batches, 1)], device)
-        evaluate_now = (epoch + 1) % config["eval_every"] == 0 or epoch + 1 == config["epochs"]
-        last = epoch + 1 == config["epochs"]  # the last epoch is evaluated on the whole test set
-        cap = None if last or config["eval_max_images"] is None else max(1, config["eval_max_images"] // world)
-        clean_acc, adv_acc = (_evaluate(model, test_loader, eval_attack, device, cap)
+        last = epoch + 1 == spec.epochs  # the last epoch is evaluated on the whole test set
+        evaluate_now = (epoch + 1) % spec.eval_every == 0 or last
+        cap = None if last or spec.eval_max_images is None else max(1, spec.eval_max_images // world)
+        clean_acc, adv_acc = (_evaluate(model, test_loader, spec.eval_attack, device, cap)
                               if evaluate_now else (float("nan"), float("nan")))
         metrics = {
-            "model_id": config["model_id"], "epoch": epoch, "loss": loss_all / world,
-            "train_acc": correct_all / seen_all,
+            "model_id": spec.model_id, "epoch": epoch, "loss": loss_all / world, "train_acc": correct_all / seen_all,
             "clean_acc": clean_acc, "adv_acc": adv_acc, "lr": lr, "images_per_s": seen_all / train_seconds,
             "seconds": time.time() - start, "world_size": world, "created_at": now_utc(),
         }
-        _audit(config["audit_dir"], rank, epoch, labels, model)
+        _audit(run.audit_dir, rank, epoch, labels, model)
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:
-                append_rows(config["store"], "train_metrics", to_table([metrics], TRAIN_METRICS_SCHEMA),
-                            key=f"{config['model_id']}/{epoch}")
+                append_rows(run.store, "train_metrics", to_table([metrics], TRAIN_METRICS_SCHEMA),
+                            key=f"{spec.model_id}/{epoch}")
                 state = {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": torch.get_rng_state(),
@@ -162,33 +178,25 @@ def train_loop_per_worker(config: dict) -> None:
             ray.train.report({k: v for k, v in metrics.items() if k != "created_at"}, checkpoint=checkpoint)
 
 
-def fit(
-    loop_config: dict,
-    *,
-    name: str,
-    storage_path: str,
-    num_workers: int,
-    use_gpu: bool,
-    resources_per_worker: dict | None,
-    placement_strategy: str,
-    max_failures: int,
-) -> Path:
-    """Run the trainer to completion; return the folder of the latest checkpoint (holding STATE_FILE)."""
+def fit(run: TrainRun, *, storage_path: str) -> Path:
+    """Train `run.spec` to completion with Ray Train (resuming a run of the same model_id under storage_path);
+    return the folder of the latest checkpoint (holding STATE_FILE)."""
+    spec = run.spec
+    resources = {"CPU": spec.cpus_per_worker, **({"GPU": spec.gpus_per_worker} if spec.use_gpu else {})}
     trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config=loop_config,
+        functools.partial(train_loop_per_worker, run),  # the typed run crosses Ray intact; no config dict
         scaling_config=ScalingConfig(
-            num_workers=num_workers, use_gpu=use_gpu, resources_per_worker=resources_per_worker,
-            placement_strategy=placement_strategy,
+            num_workers=spec.num_workers, use_gpu=spec.use_gpu, resources_per_worker=resources,
+            placement_strategy=spec.placement_strategy,
         ),
         run_config=RunConfig(
-            name=name,
+            name=spec.model_id,
             storage_path=storage_path,
-            failure_config=FailureConfig(max_failures=max_failures),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
     )
     result = trainer.fit()
     if result.checkpoint is None:
-        raise RuntimeError(f"training run {name!r} finished without a checkpoint")
+        raise RuntimeError(f"training run {spec.model_id!r} finished without a checkpoint")
     return Path(result.checkpoint.path)

@@ -1,4 +1,9 @@
-"""What every entry point shares: arguments, the exit-code contract, provenance."""
+"""What every entry point shares: one command-line shape, the exit-code contract, provenance.
+
+Every entry point takes `--config FILE` (optional where its flags say everything), any number of
+`--set key=value`, `--verbose`, and its own short flags, each an alias of one config key (e.g.
+jobs.evaluate's `--eps 2` is `--set evaluate.attack.eps=2`).
+"""
 
 from __future__ import annotations
 
@@ -7,36 +12,60 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from jobs.config import ExperimentConfig, load_config
 from robrep.errors import RobrepError
 
 
-def parse_args(description: str, argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--config", required=True, help="YAML experiment config, e.g. jobs/configs/digits.yaml")
+@dataclass(frozen=True)
+class Alias:
+    """A short flag for one config key. type: str, int or float take a value; bool is a switch (sets true)."""
+
+    flag: str
+    key: str
+    type: type = str
+    help: str = ""
+
+
+def parse_args(description: str, argv: list[str], aliases: tuple[Alias, ...], config_required: bool
+               ) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=config_required, default=None,
+                        help="YAML experiment config, e.g. jobs/configs/digits.yaml")
     parser.add_argument(
         "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-        help="override a config value, e.g. --set fanout.steps=50 (repeatable; values are YAML scalars)",
+        help="override a config value, e.g. --set fanout.batch_size=32 or --set train.digits_robust.epochs=3 "
+             "(repeatable; values are YAML scalars, never evaluated)",
     )
     parser.add_argument("--from-tune", metavar="FILE", default=None,
                         help="a jobs.tune result: its step_size and steps replace those of the inversion jobs")
+    parser.add_argument("--verbose", action="store_true", help="show Ray's own messages on the console")
+    for alias in aliases:
+        help_text = f"{alias.help} (= --set {alias.key}=...)"
+        if alias.type is bool:
+            parser.add_argument(alias.flag, dest=alias.key, action="store_const", const=True, default=None,
+                                help=help_text)
+        else:
+            parser.add_argument(alias.flag, dest=alias.key, type=alias.type, default=None, help=help_text)
     return parser.parse_args(argv)
 
 
-def run_entry_point(main: Callable[[ExperimentConfig], None], description: str, argv: list[str] | None = None) -> None:
-    """Load and validate the config, run `main`, and turn robrep errors into one line and exit code 2.
+def config_from_args(args: argparse.Namespace, aliases: tuple[Alias, ...]) -> ExperimentConfig:
+    values = {alias.key: getattr(args, alias.key) for alias in aliases if getattr(args, alias.key) is not None}
+    if args.verbose:
+        values["ray.verbose"] = True
+    return load_config(args.config, args.overrides, args.from_tune, values)
 
-    Any other exception keeps its traceback and exits 1; both make `ray job submit` report FAILED.
+
+def run_entry_point(main: Callable[[ExperimentConfig], None], description: str, argv: list[str] | None = None,
+                    aliases: tuple[Alias, ...] = (), config_required: bool = True) -> None:
+    """Parse the command line into a validated config, run `main`, and turn robrep errors into one line and
+    exit code 2. Any other exception keeps its traceback and exits 1; both make `ray job submit` report FAILED.
     """
-    args = parse_args(description, argv)
-    exit_on_error(lambda _: main(load_config(args.config, args.overrides, args.from_tune)))
-
-
-def exit_on_error(main: Callable[[list[str]], None]) -> None:
-    """For entry points that take flags instead of a config: the same exit-code contract."""
     try:
-        main(sys.argv[1:])
+        args = parse_args(description, sys.argv[1:] if argv is None else argv, aliases, config_required)
+        main(config_from_args(args, aliases))
     except RobrepError as e:
         print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
         sys.exit(2)

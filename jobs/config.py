@@ -1,24 +1,36 @@
 """The experiment config: one YAML file per experiment, read by every entry point, validated at the door.
 
-Unknown keys, wrong types and bad values raise ConfigError before Ray or any worker starts.
+Unknown keys, wrong types and bad values raise ConfigError before Ray or any worker starts. The sections'
+types live where their values are used: ModelSpec and AttackSpec in robrep/train.py, FanoutSpec in
+robrep/plan.py, each job kind's block in robrep/kinds/; the entry points' own sections live here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+import yaml
+
 from robrep.config import from_dict, load_yaml
 from robrep.errors import ConfigError
-from robrep.models import list_models
-from robrep.train import AttackSpec
+from robrep.kinds import KINDS
+from robrep.location import absolute, is_uri
+from robrep.plan import FanoutSpec
+from robrep.selection import IndexSpec
+from robrep.train import AttackSpec, ModelSpec
+
+MAX_IMAGES = 100_000_000
+AUGMENTS = ("rrc_flip", "crop_flip", "translate", "none")
 
 
 @dataclass(frozen=True)
 class RaySpec:
     address: str | None = None  # None: start a local Ray on loopback; "auto" or "ray://host:10001": join one
     num_cpus: int | None = None  # local Ray only; None = all cores
+    verbose: bool = False  # Ray's own messages (per-report lines, worker logs) on the console (--verbose)
 
 
 @dataclass(frozen=True)
@@ -32,7 +44,7 @@ class DataSpec:
     source: Literal["digits", "synthetic", "files"] = "digits"
     resolution: int = 16  # pixels per side (digits, synthetic)
     test_fraction: float = 0.2  # digits
-    split_seed: int = 0
+    rng_seed: int = 0  # the train/test split (digits), the images (synthetic)
     num_classes: int = 10  # synthetic
     per_class: int = 20  # synthetic, per split
     dir: str = "runs/digits/data"  # holds train.beton, test.beton and their sidecars
@@ -42,129 +54,11 @@ class DataSpec:
             raise ConfigError(f"data.resolution={self.resolution} must be within [8, 512]")
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"data.test_fraction={self.test_fraction} must be within (0, 1)")
+        if is_uri(self.dir):
+            raise ConfigError(f"data.dir={self.dir!r}: FFCV reads local or NFS files; give a path, not a URI")
 
     def path(self, split: str) -> Path:
         return Path(self.dir).resolve() / f"{split}.beton"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One model to train. Standard when `attack` is absent; robust (adversarially trained) otherwise."""
-
-    model_id: str
-    arch: str = "small_cnn"
-    width: int = 32
-    epochs: int = 15
-    batch_size: int = 64  # global, split across workers
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_milestones: tuple[int, ...] = (10,)  # epochs at which lr is multiplied by lr_gamma (paper: 30, 60)
-    lr_gamma: float = 0.1
-    warmup_epochs: int = 0  # linear warmup from lr/10 before the step schedule
-    label_smoothing: float = 0.0
-    augment: Literal["rrc_flip", "crop_flip", "translate", "none"] | None = None  # None: the dataset's default
-    padding: int = 4  # pixels, for crop_flip and translate
-    seed: int = 0
-    attack: AttackSpec | None = None
-    eval_attack: AttackSpec | None = None  # PGD for adversarial test accuracy; None = no adversarial eval
-    eval_every: int = 1  # epochs between evaluations during training (the last epoch is always evaluated)
-    eval_max_images: int | None = None  # evaluate during training on the first n test images (None: all)
-    bf16: bool = True  # bf16 autocast, on GPU only
-    num_workers: int = 2
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 1.0  # with use_gpu
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    max_failures: int = 0  # worker-group restarts from the last checkpoint before the run fails
-    audit: bool = False  # each rank records its labels, pid and weight hash per epoch under <storage>/audit
-
-    def validate(self) -> None:
-        if self.arch not in list_models():
-            raise ConfigError(f"train.model_id={self.model_id}: unknown arch {self.arch!r}; known: {list_models()}")
-        for key in ("epochs", "batch_size", "num_workers", "width"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train {self.model_id}: {key}={getattr(self, key)} must be >= 1")
-        if self.batch_size < self.num_workers:
-            raise ConfigError(f"train {self.model_id}: batch_size {self.batch_size} < num_workers {self.num_workers}")
-        if self.lr <= 0 or not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0 or self.max_failures < 0:
-            raise ConfigError(f"train {self.model_id}: need lr > 0, 0 <= label_smoothing < 1, warmup_epochs >= 0, "
-                              "max_failures >= 0")
-
-
-@dataclass(frozen=True)
-class IndexSpec:
-    """Which images of the split: `first` n, an explicit `list`, n at `random` (seeded), or n `per_class`."""
-
-    mode: Literal["first", "list", "random", "per_class"] = "first"
-    n: int = 20
-    values: tuple[int, ...] = ()
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class CoordinateSpec:
-    """Which coordinates of R: a `list`, n at `random` (seeded), or the `top` n of each start image."""
-
-    mode: Literal["list", "random", "top"] = "random"
-    n: int = 4
-    values: tuple[int, ...] = ()
-    seed: int = 0
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """One block of jobs of one kind, expanded over models x images x its own grid (DESIGN §4 defaults)."""
-
-    kind: Literal["invert", "invert_sweep", "pairs", "visualize", "manipulate", "interpolate", "top_activating"]
-    inits: tuple[Literal["noise", "gray", "image"], ...] = ("noise", "image")  # invert, visualize
-    constraint: Literal["l2", "linf", "unconstrained"] = "l2"
-    eps: float = 1000.0  # [0,1]-pixel units; paper A.6: 1000, i.e. unconstrained
-    step_size: float = 1.0  # paper A.6: 1
-    steps: int = 200  # paper: 10,000 for inversion, 200 for visualization
-    radii: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # invert_sweep: constraint radii around the source
-    coordinates: CoordinateSpec = CoordinateSpec()  # visualize, manipulate, top_activating
-    t: int = 4  # interpolate: T+1 values of lambda
-    k: int = 3  # top_activating: top-k and bottom-k images per coordinate
-    models: tuple[str, ...] = ()  # restrict this block to some of the fanout's models (e.g. pairs: standard ones)
-    indices: IndexSpec | None = None  # this block's images, instead of fanout.indices
-    store_representation: bool = False  # also store R(x') as a list<float32> column
-
-    def validate(self) -> None:
-        if self.steps < 1 or self.step_size <= 0 or self.eps <= 0:
-            raise ConfigError(f"fanout.jobs {self.kind}: need steps >= 1, step_size > 0, eps > 0")
-        if self.kind == "invert_sweep" and (not self.radii or min(self.radii) <= 0):
-            raise ConfigError("fanout.jobs invert_sweep: radii must be a non-empty list of positive radii")
-        if self.t < 1 or self.k < 1:
-            raise ConfigError(f"fanout.jobs {self.kind}: t and k must be >= 1")
-        if self.kind == "manipulate" and self.inits != ("image",) and "image" not in self.inits:
-            raise ConfigError("fanout.jobs manipulate starts from images: use inits: [image]")
-
-
-@dataclass(frozen=True)
-class FanoutSpec:
-    """Representation experiments for every model over chosen images of one split (paper Sec. 2 and 4)."""
-
-    models: tuple[str, ...]  # model_ids in the store's models table, or robrep checkpoint folders
-    split: Literal["test", "train"] = "test"
-    indices: IndexSpec = IndexSpec()
-    jobs: tuple[JobSpec, ...] = (JobSpec(kind="invert"),)
-    rng_seed: int = 0
-    batch_size: int = 64  # jobs per batched PGD loop
-    max_in_flight: int = 4  # batches submitted and not yet committed
-    workers: int = 2  # pool actors: one per CPU slot or GPU
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0  # fractional GPUs are fine, e.g. 0.25 puts four workers on a GPU
-    max_retries: int = 3  # a batch whose worker dies is retried this often
-
-    def validate(self) -> None:
-        if not self.models:
-            raise ConfigError("fanout.models is empty; name at least one model_id")
-        for key in ("batch_size", "max_in_flight", "workers"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"fanout.{key}={getattr(self, key)} must be >= 1")
-        if not self.jobs:
-            raise ConfigError("fanout.jobs is empty; add at least one block such as {kind: invert}")
 
 
 @dataclass(frozen=True)
@@ -205,16 +99,87 @@ class TuneSpec:
             raise ConfigError("tune.num_samples must be >= 1 and tune.eps > 0")
 
 
+# Paper A.4: PGD-20, step 0.375, eps 3.0 (ImageNet scale), no random start.
+PAPER_EVAL_ATTACK = AttackSpec(eps=3.0, steps=20, step_size=0.375, random_start=False)
+
+
+@dataclass(frozen=True)
+class EvaluateSpec:
+    """jobs.evaluate: clean and PGD accuracy of one model. The model is a model_id in the store (`model`),
+    a robrep checkpoint folder (`checkpoint`), or a robustness-library .pt to import (`robustness_checkpoint`
+    with `arch` and `model_id`)."""
+
+    model: str | None = None
+    checkpoint: str | None = None
+    robustness_checkpoint: str | None = None
+    arch: str | None = None  # of an imported checkpoint, e.g. resnet50
+    model_id: str | None = None  # its name in the store (default: the checkpoint's)
+    data: str | None = None  # the test .beton (default: <data.dir>/test.beton)
+    attack: AttackSpec = PAPER_EVAL_ATTACK
+    max_images: int | None = None  # the first n test images (None: all)
+    batch_size: int = 100
+    shards: int = 2  # Ray tasks the test set is split over
+    gpus_per_shard: float = 0.0
+    cpus_per_shard: float = 1.0
+
+    def validate(self) -> None:
+        given = [k for k in ("model", "checkpoint", "robustness_checkpoint") if getattr(self, k)]
+        if len(given) != 1:
+            raise ConfigError("evaluate needs exactly one of model (a model_id in the store), checkpoint (a robrep "
+                              f"checkpoint folder) or robustness_checkpoint (a .pt to import); got {given or 'none'}")
+        if self.robustness_checkpoint and not (self.arch and self.model_id):
+            raise ConfigError("evaluate.robustness_checkpoint needs evaluate.arch and evaluate.model_id "
+                              "(--arch, --model-id)")
+        if not 1 <= self.batch_size <= 65_536 or not 1 <= self.shards <= 10_000:
+            raise ConfigError("evaluate.batch_size must be within [1, 65536] and evaluate.shards within [1, 10000]")
+        if self.max_images is not None and not 1 <= self.max_images <= MAX_IMAGES:
+            raise ConfigError(f"evaluate.max_images={self.max_images} must be within [1, {MAX_IMAGES}]")
+
+
+@dataclass(frozen=True)
+class BuildSpec:
+    """jobs.build_dataset for one .beton from any source (without it, jobs.build_dataset builds `data:`)."""
+
+    source: Literal["digits", "cifar10", "imagefolder", "restricted_imagenet", "synthetic"]
+    out: str  # the .beton to write; its sidecar goes beside it
+    root: str | None = None  # the source folder (imagefolder, restricted_imagenet, cifar10)
+    split: Literal["train", "test"] = "train"
+    max_resolution: int | None = None  # resize so the longer side <= this
+    write_mode: Literal["raw", "jpg", "proportion", "smart"] = "raw"
+    jpeg_quality: int = 90
+    compress_probability: float = 0.5  # for write_mode proportion
+    num_workers: int = 2
+    augment: Literal["rrc_flip", "crop_flip", "translate", "none"] | None = None  # loaders' default (by source)
+    strict: bool = False  # a corrupt or unreadable file is an error
+    resolution: int = 32  # digits and synthetic only
+    num_classes: int = 10  # synthetic only
+    per_class: int = 20  # synthetic only
+    rng_seed: int = 0  # digits: the train/test split; synthetic: the images
+
+    def validate(self) -> None:
+        if self.source in ("cifar10", "imagefolder", "restricted_imagenet") and not self.root:
+            raise ConfigError(f"build.source {self.source} needs build.root (--root): the folder to read")
+        if not 8 <= self.resolution <= 512:
+            raise ConfigError(f"build.resolution={self.resolution} must be within [8, 512]")
+        if not 1 <= self.jpeg_quality <= 100 or not 0 <= self.compress_probability <= 1:
+            raise ConfigError("build.jpeg_quality must be within [1, 100] and compress_probability within [0, 1]")
+        if is_uri(self.out):
+            raise ConfigError(f"build.out={self.out!r}: FFCV writes local or NFS files; give a path, not a URI")
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
-    name: str
-    store: str  # root of the Parquet store
-    storage_path: str  # Ray Train checkpoints and final models
+    name: str = "experiment"
+    store: str | None = None  # root of the Parquet store: a path or a URI (s3://bucket/prefix)
+    storage_path: str | None = None  # Ray Train checkpoints, final and imported models
+    report_dir: str | None = None  # the report's folder (default: `report` beside a local store, else in storage_path)
     ray: RaySpec = RaySpec()
-    data: DataSpec = DataSpec()
+    data: DataSpec = field(default_factory=DataSpec)
     train: tuple[ModelSpec, ...] = ()
     fanout: FanoutSpec | None = None
     tune: TuneSpec | None = None
+    evaluate: EvaluateSpec | None = None
+    build: BuildSpec | None = None
 
     def validate(self) -> None:
         ids = [m.model_id for m in self.train]
@@ -224,36 +189,61 @@ class ExperimentConfig:
     @property
     def store_root(self) -> str:
         """A pyarrow filesystem URI as given, or an absolute local path."""
-        return self.store if "://" in self.store else str(Path(self.store).resolve())
+        if not self.store:
+            raise ConfigError("this entry point needs a store: set store: in the config, or --store / --set store=...")
+        return absolute(self.store)
 
     @property
     def storage_root(self) -> Path:
+        if not self.storage_path:
+            raise ConfigError("this entry point needs storage_path (checkpoints): --set storage_path=/shared/ckpt")
         return Path(self.storage_path).resolve()
 
-
-INVERSION_KINDS = ("invert", "invert_sweep", "pairs", "interpolate")
+    @property
+    def report_root(self) -> str:
+        if self.report_dir:
+            return self.report_dir
+        if not is_uri(self.store_root):
+            return str(Path(self.store_root).parent / "report")
+        if self.storage_path:
+            return str(self.storage_root / "report")
+        raise ConfigError("the store is a URI: set report_dir (--out) to a local folder for the report")
 
 
 def apply_tuned(data: dict, tuned_path: str | Path) -> dict:
-    """Put the step_size and steps that jobs.tune found into every inversion-like fanout block."""
-    import yaml
-
+    """Put the step_size and steps that jobs.tune found into every tunable fanout block."""
     tuned_path = Path(tuned_path)
     if not tuned_path.is_file():
         raise ConfigError(f"--from-tune {str(tuned_path)!r} does not exist; run python -m jobs.tune first")
-    tuned = yaml.safe_load(tuned_path.read_text())
+    try:
+        tuned = yaml.safe_load(tuned_path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--from-tune {str(tuned_path)!r} is not a jobs.tune result (not YAML: {e})") from e
     if not isinstance(tuned, dict) or tuned.get("objective") != "inversion":
         raise ConfigError(f"{tuned_path} is not an inversion result of jobs.tune (attack settings are for "
                           "jobs.evaluate --step-size/--steps)")
+    step_size, steps = tuned.get("step_size"), tuned.get("steps")
+    if isinstance(step_size, bool) or not isinstance(step_size, (int, float)) or not math.isfinite(step_size) \
+            or step_size <= 0 or isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ConfigError(f"{tuned_path}: step_size must be a number > 0 and steps an integer >= 1; got "
+                          f"step_size={step_size!r}, steps={steps!r}")
     blocks = (data.get("fanout") or {}).get("jobs") or []
     for block in blocks:
-        if isinstance(block, dict) and block.get("kind") in INVERSION_KINDS:
-            block.update(step_size=float(tuned["step_size"]), steps=int(tuned["steps"]))
+        if isinstance(block, dict) and block.get("kind") in KINDS and KINDS[block["kind"]].tunable:
+            block.update(step_size=float(step_size), steps=steps)
     return data
 
 
-def load_config(path: str | Path, overrides: list[str] = (), from_tune: str | None = None) -> ExperimentConfig:
-    data = load_yaml(path, overrides)
+def load_config(path: str | Path | None, overrides: list[str] = (), from_tune: str | None = None,
+                values: dict | None = None) -> ExperimentConfig:
+    """The config file (none: start empty, for entry points whose flags say everything), then the `--set`
+    overrides, then `values` ({dotted key: value}, from flags), then a jobs.tune result; validated."""
+    from robrep.config import apply_overrides, set_value
+
+    data = load_yaml(path) if path else {}
+    apply_overrides(data, list(overrides))
+    for dotted, value in (values or {}).items():
+        set_value(data, dotted, value)
     if from_tune:
         data = apply_tuned(data, from_tune)
     return from_dict(ExperimentConfig, data)

@@ -1,42 +1,49 @@
-"""Clean and PGD adversarial accuracy of any checkpoint, written to the store and printed as the paper's
-Table 4/5. Defaults are the paper's (A.4): L2, eps 3.0, 20 steps, step 0.375.
+"""Clean and PGD adversarial accuracy of any model, written to the store's `evaluations` table and printed as
+the paper's Table 4/5. The attack defaults are the paper's (A.4): L2, eps 3.0, 20 steps, step 0.375.
 
+    python -m jobs.evaluate --config jobs/configs/digits.yaml --model digits_robust --eps 2.0 --step-size 0.25
     python -m jobs.evaluate --checkpoint runs/digits/checkpoints/models/digits_robust \
         --data runs/digits/data/test.beton --store runs/digits/store --eps 2.0 --step-size 0.25
-    # A MadryLab robustness-library checkpoint: imported into robrep's format and the models table.
+    # A MadryLab robustness-library checkpoint: imported into robrep's format (under storage_path/imported,
+    # or beside a local store) and the models table.
     python -m jobs.evaluate --robustness-checkpoint cifar_l2_0_5.pt --arch resnet50 --model-id cifar_l2_0.5 \
-        --data /data/c10_test.beton --store /mnt/shared/robrep/store --eps 0.5 --step-size 0.0625 --gpus 1
+        --data /data/c10_test.beton --store /mnt/shared/robrep/store --storage-path /mnt/shared/robrep/ckpt \
+        --eps 0.5 --step-size 0.0625 --gpus 1
+
+Every flag is an alias of a key of the config's `evaluate:` section (or of store, storage_path, ray.address).
 """
 
 from __future__ import annotations
 
-import argparse
 import time
 from pathlib import Path
 
+from jobs.common import Alias, git_sha, run_entry_point
+from jobs.config import ExperimentConfig
 from robrep.errors import ConfigError
+from robrep.location import is_uri
 
-
-def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    model = parser.add_mutually_exclusive_group(required=True)
-    model.add_argument("--checkpoint", help="a robrep checkpoint folder (model.pt + meta.json)")
-    model.add_argument("--robustness-checkpoint", help="a robustness-library .pt to import (needs --arch)")
-    parser.add_argument("--arch", help="architecture of an imported checkpoint, e.g. resnet50")
-    parser.add_argument("--model-id", help="name in the store (default: the checkpoint's)")
-    parser.add_argument("--data", required=True, help="the test .beton")
-    parser.add_argument("--store", required=True, help="the store root")
-    parser.add_argument("--constraint", choices=("l2", "linf"), default="l2")
-    parser.add_argument("--eps", type=float, default=3.0, help="[0,1]-pixel units (paper: 3.0)")
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--step-size", type=float, default=0.375)
-    parser.add_argument("--restarts", type=int, default=1)
-    parser.add_argument("--max-images", type=int, default=None)
-    parser.add_argument("--batch-size", type=int, default=100)
-    parser.add_argument("--shards", type=int, default=2, help="Ray tasks the test set is split over")
-    parser.add_argument("--gpus", type=float, default=0.0, help="GPUs per shard")
-    parser.add_argument("--address", default=None, help="Ray address; default: local Ray, or the job's cluster")
-    return parser.parse_args(argv)
+ALIASES = (
+    Alias("--model", "evaluate.model", help="a model_id in the store"),
+    Alias("--checkpoint", "evaluate.checkpoint", help="a robrep checkpoint folder (model.pt + meta.json)"),
+    Alias("--robustness-checkpoint", "evaluate.robustness_checkpoint", help="a robustness-library .pt to import"),
+    Alias("--arch", "evaluate.arch", help="architecture of an imported checkpoint, e.g. resnet50"),
+    Alias("--model-id", "evaluate.model_id", help="name in the store (default: the checkpoint's)"),
+    Alias("--data", "evaluate.data", help="the test .beton (default: <data.dir>/test.beton)"),
+    Alias("--store", "store", help="the store root"),
+    Alias("--storage-path", "storage_path", help="where imported checkpoints are saved"),
+    Alias("--constraint", "evaluate.attack.constraint", help="l2 or linf"),
+    Alias("--eps", "evaluate.attack.eps", float, "[0,1]-pixel units (paper: 3.0)"),
+    Alias("--steps", "evaluate.attack.steps", int),
+    Alias("--step-size", "evaluate.attack.step_size", float),
+    Alias("--restarts", "evaluate.attack.restarts", int, "random restarts (> 1 needs --random-start)"),
+    Alias("--random-start", "evaluate.attack.random_start", bool),
+    Alias("--max-images", "evaluate.max_images", int),
+    Alias("--batch-size", "evaluate.batch_size", int),
+    Alias("--shards", "evaluate.shards", int, "Ray tasks the test set is split over"),
+    Alias("--gpus", "evaluate.gpus_per_shard", float, "GPUs per shard"),
+    Alias("--address", "ray.address", help="Ray address; default: local Ray, or the job's cluster"),
+)
 
 
 def table_4(rows: list[dict]) -> str:
@@ -49,53 +56,76 @@ def table_4(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str]) -> None:
+def import_model(config: ExperimentConfig, num_classes: int, dataset: str) -> tuple[Path, dict]:
+    """Import a robustness-library checkpoint into robrep's format and the models table."""
+    from robrep.checkpoint import import_robustness_checkpoint, save_checkpoint
+    from robrep.store.commit import append_rows
+    from robrep.store.schema import MODELS_SCHEMA, now_utc, to_table
+
+    spec = config.evaluate
+    model, meta = import_robustness_checkpoint(spec.robustness_checkpoint, spec.arch, num_classes)
+    if config.storage_path:
+        checkpoint = config.storage_root / "imported" / spec.model_id
+    elif not is_uri(config.store_root):
+        checkpoint = Path(config.store_root).parent / "imported" / spec.model_id  # beside a local store
+    else:
+        raise ConfigError("the store is a URI: set storage_path (--storage-path) for the imported checkpoint")
+    meta = {**meta, "model_id": spec.model_id, "dataset": dataset, "robust": None, "git_sha": git_sha()}
+    save_checkpoint(checkpoint, model, meta)
+    append_rows(config.store_root, "models", to_table([{
+        "model_id": spec.model_id, "arch": spec.arch, "dataset": dataset, "robust": None,
+        "checkpoint": str(checkpoint), "git_sha": git_sha(), "created_at": now_utc()}], MODELS_SCHEMA),
+        key=spec.model_id)
+    return checkpoint, meta
+
+
+def resolve_checkpoint(config: ExperimentConfig, num_classes: int, dataset: str) -> tuple[Path, dict]:
+    from robrep.checkpoint import read_meta
+    from robrep.store import find_model
+
+    spec = config.evaluate
+    if spec.robustness_checkpoint:
+        return import_model(config, num_classes, dataset)
+    if spec.model:
+        row = find_model(config.store_root, spec.model)
+        if row is None:
+            raise ConfigError(f"evaluate.model {spec.model!r} is not in the store's models table at "
+                              f"{config.store_root}; give --checkpoint or train it")
+        return Path(row["checkpoint"]), read_meta(row["checkpoint"])
+    return Path(spec.checkpoint).resolve(), read_meta(spec.checkpoint)
+
+
+def main(config: ExperimentConfig) -> None:
     from cluster.connect import connect
     from cluster.evaluate import evaluate_checkpoint
-    from cluster.store import append_rows
     from datasets.beton import read_info
-    from jobs.common import git_sha
-    from robrep.checkpoint import import_robustness_checkpoint, read_meta, save_checkpoint
-    from robrep.config import from_dict
-    from robrep.store import EVALUATIONS_SCHEMA, MODELS_SCHEMA, now_utc, to_table
-    from robrep.train import AttackSpec
+    from robrep.store.commit import append_rows
+    from robrep.store.schema import EVALUATIONS_SCHEMA, now_utc, to_table
 
-    args = parse(argv)
-    attack = from_dict(AttackSpec, {"constraint": args.constraint, "eps": args.eps, "steps": args.steps,
-                                    "step_size": args.step_size, "restarts": args.restarts,
-                                    "random_start": args.restarts > 1})
-    info = read_info(args.data)
-    num_images = min(info["num_images"], args.max_images or info["num_images"])
-    if args.robustness_checkpoint:
-        if not args.arch or not args.model_id:
-            raise ConfigError("--robustness-checkpoint needs --arch and --model-id")
-        model, meta = import_robustness_checkpoint(args.robustness_checkpoint, args.arch, info["num_classes"])
-        checkpoint = Path(args.store).resolve().parent / "imported" / args.model_id
-        save_checkpoint(checkpoint, model, {**meta, "model_id": args.model_id, "dataset": info["source"],
-                                            "robust": None, "git_sha": git_sha()})
-        append_rows(args.store, "models", to_table([{
-            "model_id": args.model_id, "arch": args.arch, "dataset": info["source"], "robust": None,
-            "checkpoint": str(checkpoint), "git_sha": git_sha(), "created_at": now_utc()}], MODELS_SCHEMA),
-            key=args.model_id)
-    else:
-        checkpoint, meta = Path(args.checkpoint).resolve(), read_meta(args.checkpoint)
+    spec = config.evaluate
+    if spec is None:
+        raise ConfigError("jobs.evaluate needs a model: --model, --checkpoint or --robustness-checkpoint "
+                          "(the config's evaluate: section)")
+    data = Path(spec.data).resolve() if spec.data else config.data.path("test")
+    info = read_info(data)
+    num_images = min(info["num_images"], spec.max_images or info["num_images"])
+    config.store_root  # noqa: B018 -- a missing store fails before any work
+    checkpoint, meta = resolve_checkpoint(config, info["num_classes"], info["source"])
     if meta["num_classes"] != info["num_classes"]:
-        raise ConfigError(f"the model has {meta['num_classes']} classes but {args.data} has {info['num_classes']}")
-    model_id = args.model_id or meta.get("model_id") or Path(checkpoint).name
-    connect(args.address)
-    start = time.time()
-    scores = evaluate_checkpoint(str(checkpoint), str(Path(args.data).resolve()), num_images, attack,
-                                 shards=args.shards, gpus_per_shard=args.gpus, cpus_per_shard=1,
-                                 batch_size=args.batch_size)
+        raise ConfigError(f"the model has {meta['num_classes']} classes but {data} has {info['num_classes']}")
+    model_id = spec.model_id or meta.get("model_id") or checkpoint.name
+    connect(config.ray.address, config.ray.num_cpus, verbose=config.ray.verbose)
+    start, attack = time.time(), spec.attack
+    scores = evaluate_checkpoint(str(checkpoint), str(data), num_images, attack, shards=spec.shards,
+                                 gpus_per_shard=spec.gpus_per_shard, cpus_per_shard=spec.cpus_per_shard,
+                                 batch_size=spec.batch_size)
     row = {"model_id": model_id, "checkpoint": str(checkpoint), "dataset": info["source"], **scores,
            "constraint": attack.constraint, "eps": attack.eps, "steps": attack.steps, "step_size": attack.step_size,
            "restarts": attack.restarts, "seconds": time.time() - start, "git_sha": git_sha(), "created_at": now_utc()}
-    append_rows(args.store, "evaluations", to_table([row], EVALUATIONS_SCHEMA),
+    append_rows(config.store_root, "evaluations", to_table([row], EVALUATIONS_SCHEMA),
                 key=f"{model_id}/{attack}/{num_images}")
     print(table_4([row]), flush=True)
 
 
 if __name__ == "__main__":
-    from jobs.common import exit_on_error
-
-    exit_on_error(main)
+    run_entry_point(main, __doc__, aliases=ALIASES, config_required=False)

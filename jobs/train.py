@@ -1,6 +1,7 @@
 """Train every model of the config with Ray Train, evaluate it, and record it in the store's models table.
 
     ray job submit --working-dir . -- python -m jobs.train --config jobs/configs/digits.yaml
+    python -m jobs.train --config jobs/configs/digits.yaml --set train.digits_robust.epochs=3
 
 A model already in the models table (with its checkpoint on disk) is skipped; an interrupted run
 resumes from its last epoch checkpoint.
@@ -8,17 +9,22 @@ resumes from its last epoch checkpoint.
 
 from __future__ import annotations
 
+import sys
+import threading
 import time
 from pathlib import Path
 
 import torch
 
 from jobs.common import git_sha, run_entry_point
-from jobs.config import ExperimentConfig, ModelSpec
+from jobs.config import ExperimentConfig
 from robrep.checkpoint import read_meta, save_checkpoint
 from robrep.errors import CheckpointError, DataError
 from robrep.models import create_model
-from robrep.store import MODELS_SCHEMA, now_utc, read_table, to_table
+from robrep.store import find_model, read_table
+from robrep.store.commit import append_rows
+from robrep.store.schema import MODELS_SCHEMA, now_utc, to_table
+from robrep.train import ModelSpec
 
 
 def final_checkpoint_dir(config: ExperimentConfig, model_id: str) -> Path:
@@ -29,30 +35,8 @@ def audit_dir(config: ExperimentConfig, model_id: str) -> Path:
     return config.storage_root / "audit" / model_id
 
 
-def arch_kwargs(spec: ModelSpec) -> dict:
-    return {"width": spec.width} if spec.arch == "small_cnn" else {}
-
-
-def _loop_config(config: ExperimentConfig, spec: ModelSpec, info: dict) -> dict:
-    return {
-        "model_id": spec.model_id, "arch": spec.arch, "arch_kwargs": arch_kwargs(spec),
-        "num_classes": info["num_classes"], "mean": info["mean"], "std": info["std"],
-        "train_path": str(config.data.path("train")), "test_path": str(config.data.path("test")),
-        "store": str(config.store_root), "batch_size": spec.batch_size, "epochs": spec.epochs, "lr": spec.lr,
-        "momentum": spec.momentum, "weight_decay": spec.weight_decay, "lr_milestones": list(spec.lr_milestones),
-        "lr_gamma": spec.lr_gamma, "warmup_epochs": spec.warmup_epochs, "label_smoothing": spec.label_smoothing,
-        "augment": spec.augment, "padding": spec.padding, "seed": spec.seed,
-        "threads": max(1, int(spec.cpus_per_worker)), "bf16": spec.bf16,
-        "attack": None if spec.attack is None else vars(spec.attack),
-        "eval_attack": None if spec.eval_attack is None else vars(spec.eval_attack),
-        "eval_every": spec.eval_every, "eval_max_images": spec.eval_max_images,
-        "audit_dir": str(audit_dir(config, spec.model_id)) if spec.audit else None,
-    }
-
-
 def already_trained(config: ExperimentConfig, model_id: str) -> bool:
-    models = read_table(config.store_root, "models")
-    if model_id not in set(models["model_id"]):
+    if find_model(config.store_root, model_id) is None:
         return False
     try:
         read_meta(final_checkpoint_dir(config, model_id))
@@ -69,30 +53,64 @@ def last_epoch_metrics(config: ExperimentConfig, model_id: str) -> dict:
     return metrics.sort_values("epoch").iloc[-1].to_dict()
 
 
+class EpochProgress:
+    """A progress bar of one training run's epochs (loss, accuracies), fed by the train_metrics rows that
+    rank 0 commits to the store: it works wherever the workers run."""
+
+    def __init__(self, store: str, spec: ModelSpec, every_s: float = 2.0):
+        self.store, self.spec, self.every_s = store, spec, every_s
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._poll, daemon=True)
+
+    def __enter__(self) -> EpochProgress:
+        from tqdm import tqdm
+
+        self.bar = tqdm(total=self.spec.epochs, unit="epoch", desc=self.spec.model_id, file=sys.stderr)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.stop.set()
+        self.thread.join()
+        self._update()
+        self.bar.close()
+
+    def _poll(self) -> None:
+        while not self.stop.wait(self.every_s):
+            self._update()
+
+    def _update(self) -> None:
+        metrics = read_table(self.store, "train_metrics", filters=[("model_id", "=", self.spec.model_id)])
+        if metrics.empty:
+            return
+        last = metrics.sort_values("epoch").iloc[-1]
+        self.bar.n = min(int(last["epoch"]) + 1, self.spec.epochs)
+        self.bar.set_postfix(loss=f"{last['loss']:.3f}", train_acc=f"{last['train_acc']:.3f}",
+                             clean=f"{last['clean_acc']:.3f}", adv=f"{last['adv_acc']:.3f}")
+
+
 def train_one(config: ExperimentConfig, spec: ModelSpec) -> dict:
-    from cluster.train import STATE_FILE, fit
+    from cluster.train import STATE_FILE, TrainRun, fit
     from datasets.beton import read_info
 
     info = read_info(config.data.path("train"))
     test_info = read_info(config.data.path("test"))
     if test_info["num_classes"] != info["num_classes"]:
         raise DataError(f"train has {info['num_classes']} classes but test has {test_info['num_classes']}")
-    resources = {"CPU": spec.cpus_per_worker, **({"GPU": spec.gpus_per_worker} if spec.use_gpu else {})}
+    run = TrainRun(spec, info["num_classes"], tuple(info["mean"]), tuple(info["std"]),
+                   str(config.data.path("train")), str(config.data.path("test")), config.store_root,
+                   str(audit_dir(config, spec.model_id)) if spec.audit else None)
     start = time.time()
-    state_dir = fit(
-        _loop_config(config, spec, info),
-        name=spec.model_id, storage_path=str(config.storage_root / "ray_train"), num_workers=spec.num_workers,
-        use_gpu=spec.use_gpu, resources_per_worker=resources,
-        placement_strategy=spec.placement_strategy, max_failures=spec.max_failures,
-    )
+    with EpochProgress(config.store_root, spec):
+        state_dir = fit(run, storage_path=str(config.storage_root / "ray_train"))
     seconds = time.time() - start
     state = torch.load(state_dir / STATE_FILE, map_location="cpu", weights_only=True)
-    model = create_model(spec.arch, info["num_classes"], info["mean"], info["std"], **arch_kwargs(spec))
+    model = create_model(spec.arch, info["num_classes"], info["mean"], info["std"], **spec.arch_kwargs)
     model.load_state_dict(state["model"])
     last = last_epoch_metrics(config, spec.model_id)
     robust = spec.attack is not None
     meta = {
-        "model_id": spec.model_id, "arch": spec.arch, "arch_kwargs": arch_kwargs(spec),
+        "model_id": spec.model_id, "arch": spec.arch, "arch_kwargs": spec.arch_kwargs,
         "num_classes": info["num_classes"], "mean": info["mean"], "std": info["std"],
         "dataset": info["source"], "resolution": info["resolution"], "robust": robust,
         "constraint": spec.attack.constraint if robust else None, "eps": spec.attack.eps if robust else 0.0,
@@ -109,15 +127,13 @@ def train_one(config: ExperimentConfig, spec: ModelSpec) -> dict:
 
 
 def train_all(config: ExperimentConfig) -> None:
-    from cluster.store import append_rows
-
     for spec in config.train:
         if already_trained(config, spec.model_id):
             print(f"[train] {spec.model_id}: already in the models table, skipped", flush=True)
             continue
         kind = "robust" if spec.attack else "standard"
-        workers = spec.num_workers
-        print(f"[train] {spec.model_id}: {kind} {spec.arch}, {spec.epochs} epochs, {workers} workers", flush=True)
+        print(f"[train] {spec.model_id}: {kind} {spec.arch}, {spec.epochs} epochs, {spec.num_workers} workers",
+              flush=True)
         row = train_one(config, spec)
         append_rows(config.store_root, "models", to_table([row], MODELS_SCHEMA), key=spec.model_id)
         print(
@@ -132,7 +148,8 @@ def main(config: ExperimentConfig) -> None:
     from datasets.beton import read_info
 
     read_info(config.data.path("train"))  # a missing dataset fails here, before Ray starts
-    connect(config.ray.address, config.ray.num_cpus)
+    config.storage_root  # noqa: B018 -- a missing storage_path fails here too
+    connect(config.ray.address, config.ray.num_cpus, verbose=config.ray.verbose)
     train_all(config)
 
 

@@ -8,6 +8,7 @@ The best settings are compared with the config's defaults on held-out images bef
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
 from pathlib import Path
@@ -17,51 +18,39 @@ import yaml
 from jobs.common import git_sha, run_entry_point
 from jobs.config import ExperimentConfig
 from robrep.errors import ConfigError
-from robrep.store import TUNE_TRIALS_SCHEMA, now_utc, read_table, to_table
-
-
-def holdout_score(checkpoint: str, data: str, indices: list[int], objective: str, settings: dict) -> float:
-    """The objective for (step_size, steps) on images the trials never saw (one process, no early stop)."""
-    from datasets.beton import read_indices
-    from robrep.checkpoint import load_checkpoint
-    from robrep.experiments import tuning_problem
-    from robrep.pgd import pgd
-
-    model, _ = load_checkpoint(checkpoint)
-    images, labels = read_indices(data, indices)
-    loss_fn, x0, measure = tuning_problem(model, images, labels, objective)
-    return measure(pgd(loss_fn, x0, eps=settings["eps"], step_size=settings["step_size"], steps=settings["steps"],
-                       constraint=settings["constraint"]).x)
+from robrep.selection import select_indices
+from robrep.store import find_model
+from robrep.store.commit import append_rows
+from robrep.store.schema import TUNE_TRIALS_SCHEMA, now_utc, to_table
 
 
 def main(config: ExperimentConfig) -> None:
+    import ray
+
     from cluster.connect import connect
-    from cluster.store import append_rows
-    from cluster.tune import run_tune
+    from cluster.tune import TuneProblem, run_tune, score
     from datasets.beton import read_info, read_labels
-    from jobs.fanout import select_indices
 
     spec = config.tune
     if spec is None:
         raise ConfigError("this config has no tune section")
-    models = read_table(config.store_root, "models")
-    row = models[models["model_id"] == spec.model]
-    if row.empty:
-        known = sorted(models["model_id"])
-        raise ConfigError(f"tune.model {spec.model!r} is not in the store's models table (known: {known})")
-    checkpoint = str(row.iloc[0]["checkpoint"])
+    model = find_model(config.store_root, spec.model)
+    if model is None:
+        raise ConfigError(f"tune.model {spec.model!r} is not in the store's models table at {config.store_root}; "
+                          "train it with python -m jobs.train")
     data = str(config.data.path("test"))
     read_info(data)
     labels = read_labels(data)
     tune_idx, holdout_idx = select_indices(spec.tune_indices, labels), select_indices(spec.holdout_indices, labels)
     if set(tune_idx) & set(holdout_idx):
         raise ConfigError("tune.tune_indices and tune.holdout_indices overlap: the comparison must be on unseen images")
-    connect(config.ray.address, config.ray.num_cpus)
+    connect(config.ray.address, config.ray.num_cpus, verbose=config.ray.verbose)
     run_id, start = uuid.uuid4().hex[:12], time.time()
-    fixed = {"checkpoint": checkpoint, "data": data, "indices": tune_idx, "objective": spec.objective,
-             "eps": spec.eps, "constraint": spec.constraint, "report_every": spec.report_every}
+    problem = TuneProblem(str(model["checkpoint"]), data, tuple(tune_idx), spec.objective, spec.constraint, spec.eps,
+                          spec.report_every)
     default = {"step_size": spec.default_step_size, "steps": spec.default_steps}
-    trials = run_tune(fixed, step_size=(spec.step_size.low, spec.step_size.high), steps=list(spec.steps),
+    print(f"[tune] {spec.num_samples} trials over step_size and steps on {len(tune_idx)} images", flush=True)
+    trials = run_tune(problem, step_size=(spec.step_size.low, spec.step_size.high), steps=list(spec.steps),
                       default=default, num_samples=spec.num_samples, max_concurrent=spec.max_concurrent,
                       storage_path=str(config.storage_root / "ray_tune"), name=f"{spec.model}-{run_id}")
     rows = [{**t, "run_id": run_id, "model_id": spec.model, "objective": spec.objective, "eps": spec.eps,
@@ -69,9 +58,9 @@ def main(config: ExperimentConfig) -> None:
     append_rows(config.store_root, "tune_trials", to_table(rows, TUNE_TRIALS_SCHEMA), key=run_id)
     finished = [t for t in trials if t["steps_done"] == t["steps"]] or trials  # ASHA stops some trials early
     best = min(finished, key=lambda t: t["metric"])
-    common = {"eps": spec.eps, "constraint": spec.constraint}
-    best_holdout = holdout_score(checkpoint, data, holdout_idx, spec.objective, {**best, **common})
-    default_holdout = holdout_score(checkpoint, data, holdout_idx, spec.objective, {**default, **common})
+    holdout = dataclasses.replace(problem, indices=tuple(holdout_idx))
+    best_holdout, default_holdout = ray.get([score.remote(holdout, best["step_size"], best["steps"]),
+                                             score.remote(holdout, default["step_size"], default["steps"])])
     result = {"objective": spec.objective, "model_id": spec.model, "run_id": run_id,
               "step_size": float(best["step_size"]), "steps": int(best["steps"]),
               "tuning_metric": float(best["metric"]), "holdout_metric": best_holdout,

@@ -47,18 +47,21 @@ def read_meta(directory: str | Path) -> dict:
         raise CheckpointError(f"{path} is not valid JSON: {e}") from e
 
 
+def model_from_meta(meta: dict, where: str = "meta.json") -> nn.Module:
+    """A freshly initialised model of the architecture meta.json describes (arch, classes, normalisation)."""
+    missing = [k for k in REQUIRED_META if k not in meta]
+    if missing:
+        raise CheckpointError(f"{where} lacks {missing}")
+    try:
+        return create_model(meta["arch"], meta["num_classes"], meta["mean"], meta["std"], **meta.get("arch_kwargs", {}))
+    except (ConfigError, TypeError) as e:
+        raise CheckpointError(f"{where}: cannot build arch {meta['arch']!r}: {e}") from e
+
+
 def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model named in meta.json and load its weights. Raises CheckpointError on any mismatch."""
     meta = read_meta(directory)
-    missing = [k for k in REQUIRED_META if k not in meta]
-    if missing:
-        raise CheckpointError(f"{directory}/meta.json lacks {missing}")
-    try:
-        model = create_model(
-            meta["arch"], meta["num_classes"], meta["mean"], meta["std"], **meta.get("arch_kwargs", {})
-        )
-    except (ConfigError, TypeError) as e:
-        raise CheckpointError(f"{directory}: cannot build arch {meta['arch']!r}: {e}") from e
+    model = model_from_meta(meta, str(directory))
     weights = Path(directory) / "model.pt"
     if not weights.is_file():
         raise CheckpointError(f"no weights at {weights}")

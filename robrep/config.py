@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
@@ -30,7 +31,11 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     for name, field in fields.items():
         key = where + name
         if name in data:
-            kwargs[name] = _convert(hints[name], data[name], key)
+            value = data[name]
+            default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
+            if dataclasses.is_dataclass(default) and isinstance(value, dict):
+                value = {**shallow_dict(default), **value}  # a partial section keeps the other defaults
+            kwargs[name] = _convert(hints[name], value, key)
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required config key {key!r}")
     obj = cls(**kwargs)
@@ -56,10 +61,15 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(f"{key}: expected a list, got {value!r}")
         return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
-        return from_dict(tp, value, key + ".")
+        if isinstance(value, tp):
+            return value
+        factory = getattr(tp, "from_config", None)  # a base class that picks its subclass (fan-out job blocks)
+        return factory(value, key + ".") if factory else from_dict(tp, value, key + ".")
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{key}: expected a finite number, got {value!r}")
         return float(value)
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
@@ -72,20 +82,62 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     return value
 
 
+def shallow_dict(obj: Any) -> dict:
+    """A dataclass's fields as a dict, one level deep (nested dataclasses stay objects)."""
+    return {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj)}
+
+
+def to_plain(obj: Any) -> Any:
+    """A config object as plain YAML/JSON data, every default filled in (for manifests)."""
+    if dataclasses.is_dataclass(obj):
+        return {f.name: to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, (list, tuple)):
+        return [to_plain(v) for v in obj]
+    return obj
+
+
+def _child(node: Any, part: str, dotted: str) -> tuple[Any, Any]:
+    """(container, key) for one step of a dotted --set path: a mapping key, a list index, or the list entry
+    whose model_id (or kind) is `part`, e.g. train.digits_robust.epochs."""
+    if isinstance(node, dict):
+        return node, part
+    if isinstance(node, list):
+        if part.isdigit() and int(part) < len(node):
+            return node, int(part)
+        for i, item in enumerate(node):
+            if isinstance(item, dict) and part in (item.get("model_id"), item.get("kind")):
+                return node, i
+        names = [item.get("model_id") or item.get("kind") for item in node if isinstance(item, dict)]
+        raise ConfigError(f"--set {dotted}: no entry {part!r} in that list; its entries: {names} (or an index)")
+    raise ConfigError(f"--set {dotted}: {part!r} is inside a value, not a section of this config")
+
+
+def set_value(data: dict, dotted: str, value: Any) -> None:
+    """data[a][b][c] = value for dotted "a.b.c", creating missing sections (unknown keys are still errors
+    when the config is built)."""
+    node: Any = data
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        container, key = _child(node, part, dotted)
+        if isinstance(container, dict) and container.get(key) is None:
+            container[key] = {}
+        node = container[key]
+    container, key = _child(node, parts[-1], dotted)
+    container[key] = value
+
+
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
     """Apply `a.b=c` overrides; values are parsed as YAML scalars (never evaluated as code)."""
     for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set fanout.steps=50")
+        if "=" not in item or not item.split("=", 1)[0]:
+            raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set fanout.batch_size=32")
         dotted, raw = item.split("=", 1)
-        node = data
-        parts = dotted.split(".")
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                raise ConfigError(f"--set {dotted}: {part!r} is not a section of this config")
-            node = child
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as e:
+            problem = str(e).splitlines()[0]
+            raise ConfigError(f"--set {dotted}: {raw!r} is not a YAML value ({problem}); quote strings") from e
+        set_value(data, dotted, value)
     return data
 
 
@@ -95,7 +147,11 @@ def load_yaml(path: str | Path, overrides: list[str] = ()) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass --config jobs/configs/<name>.yaml")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({e.reason}); save it as UTF-8") from e
     except yaml.YAMLError as e:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, not {type(data).__name__}")
     return apply_overrides(data, list(overrides))

@@ -1,32 +1,66 @@
-"""Figures drawn from store rows with PIL alone: labelled image grids and line charts (no matplotlib)."""
+"""Images and figures with PIL alone (no matplotlib): PNG encoding of result images, grids of store rows,
+labelled grids and line charts for the report."""
 
 from __future__ import annotations
 
-import numpy as np
-from PIL import Image, ImageDraw
+import io
 
-from robrep.store import decode_png
+import numpy as np
+import pandas as pd
+import torch
+from PIL import Image, ImageDraw
 
 CELL_GAP, LABEL_H = 2, 12
 COLOURS = [(200, 30, 30), (30, 90, 200), (30, 150, 60), (150, 60, 160), (220, 140, 0)]
 
 
+def encode_png(image: torch.Tensor) -> bytes:
+    """(3, H, W) float in [0,1] -> 8-bit RGB PNG bytes."""
+    array = (image.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    buffer = io.BytesIO()
+    Image.fromarray(array, mode="RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def decode_png(data: bytes) -> np.ndarray:
+    """PNG bytes -> (H, W, 3) uint8."""
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def image_grid(rows: pd.DataFrame, ncols: int = 8, caption: str | None = None, scale: int = 1) -> Image.Image:
+    """A grid of the rows' `image_png`s, row-major, each captioned by one column's value if asked: a
+    labelled_grid without row labels."""
+    images = list(rows["image_png"])
+    if not images:
+        raise ValueError("image_grid got no rows")
+    ncols = min(ncols, len(images))
+    captions = [str(v)[:12] for v in rows[caption]] if caption else [""] * len(images)
+    cells = [images[i : i + ncols] for i in range(0, len(images), ncols)]
+    labels = [captions[i : i + ncols] for i in range(0, len(images), ncols)]
+    return labelled_grid(cells, [""] * len(cells), [], scale=scale, cell_labels=labels)
+
+
 def labelled_grid(cells: list[list[bytes | np.ndarray | None]], row_labels: list[str], col_labels: list[str],
-                  scale: int = 4) -> Image.Image:
-    """A grid of images (PNG bytes or (H, W, 3) uint8; None = blank) with row and column labels."""
+                  scale: int = 4, cell_labels: list[list[str]] | None = None) -> Image.Image:
+    """A grid of images (PNG bytes or (H, W, 3) uint8; None = blank) with row and column labels, and
+    optionally a caption under each cell."""
     first = next(c for row in cells for c in row if c is not None)
     first = decode_png(first) if isinstance(first, bytes) else first
     h, w = first.shape[0] * scale, first.shape[1] * scale
-    left = 8 + 6 * max((len(s) for s in row_labels), default=0)
+    left = (8 + 6 * max(len(s) for s in row_labels)) if any(row_labels) else 0
+    top = LABEL_H if col_labels else 0
+    below = LABEL_H if cell_labels else 0
     ncols = max(len(row) for row in cells)
-    grid = Image.new("RGB", (left + ncols * (w + CELL_GAP), LABEL_H + len(cells) * (h + CELL_GAP)), "white")
+    grid = Image.new("RGB", (left + ncols * (w + CELL_GAP), top + len(cells) * (h + below + CELL_GAP)), "white")
     draw = ImageDraw.Draw(grid)
     for c, label in enumerate(col_labels):
         draw.text((left + c * (w + CELL_GAP) + 1, 0), str(label)[: max(1, w // 6)], fill="black")
     for r, row in enumerate(cells):
-        y = LABEL_H + r * (h + CELL_GAP)
+        y = top + r * (h + below + CELL_GAP)
         draw.text((2, y + h // 2 - 5), row_labels[r], fill="black")
         for c, cell in enumerate(row):
+            if cell_labels:
+                draw.text((left + c * (w + CELL_GAP) + 1, y + h), cell_labels[r][c], fill="black")
             if cell is None:
                 continue
             image = decode_png(cell) if isinstance(cell, bytes) else cell

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from robrep.errors import ConfigError
+from robrep.models import list_models
 from robrep.objectives import untargeted_ce_loss
 from robrep.pgd import pgd
+
+MAX_ATTACK_STEPS = 100_000  # paper: 7 (training), 20 to 100 (evaluation)
 
 
 @dataclass(frozen=True)
@@ -27,16 +32,67 @@ class AttackSpec:
     restarts: int = 1  # > 1 keeps, per example, the strongest of several random starts
 
     def validate(self) -> None:
-        if self.eps < 0:
-            raise ConfigError(f"attack eps={self.eps} must be >= 0 (an L2 radius in [0,1] pixel units)")
-        if self.steps < 1:
-            raise ConfigError(f"attack steps={self.steps} must be >= 1 for an adversarial run")
-        if self.step_size <= 0:
-            raise ConfigError(f"attack step_size={self.step_size} must be > 0")
+        if not math.isfinite(self.eps) or self.eps < 0:
+            raise ConfigError(f"attack eps={self.eps} must be a finite number >= 0 (an L2 radius in [0,1] pixel units)")
+        if not 1 <= self.steps <= MAX_ATTACK_STEPS:
+            raise ConfigError(f"attack steps={self.steps} must be within [1, {MAX_ATTACK_STEPS}]")
+        if not math.isfinite(self.step_size) or self.step_size <= 0:
+            raise ConfigError(f"attack step_size={self.step_size} must be a finite number > 0")
         if self.constraint not in ("l2", "linf"):
             raise ConfigError(f"attack constraint={self.constraint!r}: use 'l2' or 'linf'")
         if self.restarts < 1 or (self.restarts > 1 and not self.random_start):
             raise ConfigError(f"attack restarts={self.restarts}: must be >= 1, and > 1 needs random_start: true")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to train (an entry of the config's `train:` list). Standard when `attack` is absent;
+    robust (adversarially trained, paper A.3) otherwise."""
+
+    model_id: str
+    arch: str = "small_cnn"
+    width: int = 32  # small_cnn only
+    epochs: int = 15
+    batch_size: int = 64  # global, split across workers
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    lr_milestones: tuple[int, ...] = (10,)  # epochs at which lr is multiplied by lr_gamma (paper: 30, 60)
+    lr_gamma: float = 0.1
+    warmup_epochs: int = 0  # linear warmup from lr/10 before the step schedule
+    label_smoothing: float = 0.0
+    augment: Literal["rrc_flip", "crop_flip", "translate", "none"] | None = None  # None: the dataset's default
+    padding: int = 4  # pixels, for crop_flip and translate
+    rng_seed: int = 0  # initial weights and the shuffle of each epoch
+    attack: AttackSpec | None = None
+    eval_attack: AttackSpec | None = None  # PGD for adversarial test accuracy; None = no adversarial eval
+    eval_every: int = 1  # epochs between evaluations during training (the last epoch is always evaluated)
+    eval_max_images: int | None = None  # evaluate during training on the first n test images (None: all)
+    bf16: bool = True  # bf16 autocast, on GPU only
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 1.0  # with use_gpu
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
+    max_failures: int = 0  # worker-group restarts from the last checkpoint before the run fails
+    audit: bool = False  # each rank records its labels, pid and weight hash per epoch under <storage>/audit
+
+    def validate(self) -> None:
+        if self.arch not in list_models():
+            raise ConfigError(f"train.model_id={self.model_id}: unknown arch {self.arch!r}; known: {list_models()}")
+        for key in ("epochs", "batch_size", "num_workers", "width"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"train {self.model_id}: {key}={getattr(self, key)} must be >= 1")
+        if self.batch_size < self.num_workers:
+            raise ConfigError(f"train {self.model_id}: batch_size {self.batch_size} < num_workers {self.num_workers}")
+        if not (math.isfinite(self.lr) and self.lr > 0) or not 0 <= self.label_smoothing < 1 \
+                or self.warmup_epochs < 0 or self.max_failures < 0:
+            raise ConfigError(f"train {self.model_id}: need lr > 0, 0 <= label_smoothing < 1, warmup_epochs >= 0, "
+                              "max_failures >= 0")
+
+    @property
+    def arch_kwargs(self) -> dict:
+        return {"width": self.width} if self.arch == "small_cnn" else {}
 
 
 def adversarial_examples(

@@ -7,12 +7,23 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+SMOKE = "jobs/configs/digits_smoke.yaml"
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked gpu run only where CUDA is."""
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
 
 
 def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
@@ -27,3 +38,14 @@ def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.Comple
 def store_overrides(tmp: Path) -> list[str]:
     """--set arguments that put the store, checkpoints and data of a config under tmp."""
     return ["--set", f"store={tmp}/store", "--set", f"storage_path={tmp}/ckpt", "--set", f"data.dir={tmp}/data"]
+
+
+@pytest.fixture(scope="session")
+def trained_pair(tmp_path_factory):
+    """jobs.main on the smoke config, once per test run: the digits data, a standard and a robust model
+    trained with Ray Train, every fan-out kind in the store, and the report. (tmp folder, finished process).
+    Tests that use it must not change its store: copy it first."""
+    tmp = tmp_path_factory.mktemp("trained_pair")
+    proc = run_module("jobs.main", "--config", SMOKE, *store_overrides(tmp))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return tmp, proc

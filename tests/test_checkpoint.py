@@ -37,10 +37,65 @@ def test_wrong_width_is_a_checkpoint_error(tmp_path):
         load_checkpoint(tmp_path / "m")
 
 
-def test_pickled_code_is_refused(tmp_path):
+class Payload:
+    """Unpickling this runs `touch <marker>`: the marker shows whether a loader ran pickled code."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+# TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD makes torch.load run pickles unless the caller passes weights_only=True
+# itself, so these tests fail on a copy of the loaders without the flag (torch's own default would hide it).
+LOAD_IN_A_CHILD = """
+import sys
+from robrep.checkpoint import {fn}
+from robrep.errors import CheckpointError
+try:
+    {fn}(*sys.argv[1:2], *(["small_cnn", 10] if "{fn}" == "import_robustness_checkpoint" else []))
+except CheckpointError as e:
+    print("refused:", e)
+"""
+
+
+def load_in_a_child(fn: str, path) -> str:
+    import os
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
+    proc = subprocess.run([sys.executable, "-c", LOAD_IN_A_CHILD.format(fn=fn), str(path)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+def test_pickled_code_in_a_checkpoint_never_runs(tmp_path):
     model = create_model("small_cnn", 10, META["mean"], META["std"], width=8)
     save_checkpoint(tmp_path / "m", model, META)
-    torch.save({"evil": torch.nn.ReLU()}, tmp_path / "m" / "model.pt")  # a module object, not a state dict
+    marker = tmp_path / "pwned"
+    torch.save({"weight": Payload(marker)}, tmp_path / "m" / "model.pt")
+    out = load_in_a_child("load_checkpoint", tmp_path / "m")
+    assert "refused: cannot read" in out and not marker.exists()
+
+
+def test_pickled_code_in_a_robustness_checkpoint_never_runs(tmp_path):
+    marker = tmp_path / "pwned"
+    torch.save({"model": {"module.model.x": Payload(marker)}, "epoch": 1}, tmp_path / "r.pt")
+    out = load_in_a_child("import_robustness_checkpoint", tmp_path / "r.pt")
+    assert "refused: cannot read" in out and "weights_only=True" in out and not marker.exists()
+
+
+def test_a_module_object_is_not_a_state_dict(tmp_path):
+    model = create_model("small_cnn", 10, META["mean"], META["std"], width=8)
+    save_checkpoint(tmp_path / "m", model, META)
+    torch.save({"evil": torch.nn.ReLU()}, tmp_path / "m" / "model.pt")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_checkpoint(tmp_path / "m")
 

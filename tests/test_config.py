@@ -53,8 +53,8 @@ def test_unknown_top_level_key_is_named():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train=[{model_id: m, attack: {eps: -1.0, steps: 7, step_size: 0.5}}]", "eps=-1.0 must be >= 0"),
-        ("train=[{model_id: m, attack: {eps: 1.0, steps: 0, step_size: 0.5}}]", "steps=0 must be >= 1"),
+        ("train=[{model_id: m, attack: {eps: -1.0, steps: 7, step_size: 0.5}}]", "eps=-1.0 must be a finite number"),
+        ("train=[{model_id: m, attack: {eps: 1.0, steps: 0, step_size: 0.5}}]", "steps=0 must be within"),
         ("train=[{model_id: m, arch: resnet9000}]", "unknown arch 'resnet9000'"),
         ("fanout.batch_size=ten", "expected an integer"),
         ("fanout.jobs=[{kind: invert, inits: [noise, sketch]}]", "not one of"),
@@ -78,3 +78,54 @@ def test_overrides_parse_yaml_scalars_without_eval():
 def test_missing_config_file():
     with pytest.raises(ConfigError, match="does not exist"):
         load_config("jobs/configs/nope.yaml")
+
+
+def test_set_reaches_a_model_of_the_train_list_by_its_model_id():
+    config = load_config(SMOKE, ["train.digits_robust.epochs=3", "train.digits_robust.attack.steps=5",
+                                 "fanout.jobs.invert.steps=11", "fanout.jobs.0.step_size=0.2"])
+    epochs = {m.model_id: m.epochs for m in config.train}
+    assert epochs == {"digits_standard": 2, "digits_robust": 3}
+    assert config.train[1].attack.steps == 5 and config.train[1].attack.eps == 2.0  # the rest of the section kept
+    assert (config.fanout.jobs[0].steps, config.fanout.jobs[0].step_size) == (11, 0.2)
+    with pytest.raises(ConfigError, match=r"no entry 'digits_huge'.*digits_standard"):
+        load_config(SMOKE, ["train.digits_huge.epochs=3"])
+
+
+def test_a_partial_section_keeps_its_other_defaults():
+    config = load_config(None, ["store=/tmp/s", "evaluate.model=m", "evaluate.attack.eps=0.5"])
+    attack = config.evaluate.attack
+    assert (attack.eps, attack.steps, attack.step_size, attack.random_start) == (0.5, 20, 0.375, False)
+
+
+@pytest.mark.parametrize("raw, message", [
+    ("fanout.batch_size=[1", "is not a YAML value"),
+    ("fanout.rng_seed=!!python/object/apply:os.system ['true']", "is not a YAML value"),
+    ("fanout.jobs.0.eps=.nan", "expected a finite number"),
+    ("fanout.jobs.0.steps=3000000000", "steps=3000000000 must be within"),
+    ("data.dir=s3://bucket/data", "FFCV reads local or NFS files"),
+])
+def test_bad_set_values_are_one_clear_error(raw, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(SMOKE, [raw])
+
+
+def test_every_job_kind_block_is_parsed_by_its_own_spec():
+    from robrep.kinds import KINDS
+
+    for name, kind in KINDS.items():
+        config = load_config(SMOKE, [f"fanout.jobs=[{{kind: {name}}}]"])
+        assert type(config.fanout.jobs[0]) is kind.spec and config.fanout.jobs[0].kind == name
+
+
+ENTRY_POINTS = ["jobs.build_dataset", "jobs.train", "jobs.fanout", "jobs.main", "jobs.evaluate", "jobs.tune",
+                "jobs.report"]
+
+
+@pytest.mark.parametrize("module", ENTRY_POINTS)
+def test_every_entry_point_has_the_same_shape(module):
+    from conftest import run_module
+
+    proc = run_module(module, "--help")
+    assert proc.returncode == 0
+    for flag in ("--config", "--set", "--verbose", "--from-tune"):
+        assert flag in proc.stdout, (module, flag)

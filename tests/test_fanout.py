@@ -16,18 +16,19 @@ import yaml
 from conftest import REPO
 
 SMOKE = "jobs/configs/digits_smoke.yaml"
+pytestmark = pytest.mark.ffcv  # the module fixture builds the digits betons
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """The digits smoke data and two (untrained) small CNNs registered in a store: no Ray Train needed."""
-    from cluster.store import append_rows
     from datasets.beton import read_info
     from jobs.build_dataset import build
     from jobs.config import DataSpec
     from robrep.checkpoint import save_checkpoint
     from robrep.models import create_model
-    from robrep.store import MODELS_SCHEMA, now_utc, to_table
+    from robrep.store.commit import append_rows
+    from robrep.store.schema import MODELS_SCHEMA, now_utc, to_table
 
     tmp = tmp_path_factory.mktemp("fanout")
     build(DataSpec(dir=str(tmp / "data")))
@@ -70,27 +71,26 @@ def plan_of(config: dict):
 def test_expansion_is_deterministic_and_covers_every_kind(trained, tmp_path):
     config = config_for(trained, seed_store(trained, tmp_path))
     first, second = plan_of(config), plan_of(config)
-    assert [j["job_id"] for j in first] == [j["job_id"] for j in second]
-    assert len({j["job_id"] for j in first}) == len(first) == 52
-    kinds = {j["kind"] for j in first}
+    assert [j.job_id for j in first] == [j.job_id for j in second]
+    assert len({j.job_id for j in first}) == len(first) == 52
+    kinds = {j.kind for j in first}
     assert kinds == {"invert", "invert_sweep", "pairs", "visualize", "manipulate", "interpolate", "top_activating",
                      "representations"}  # one representations job per model feeds top_activating
-    assert {j["model_id"] for j in first if j["kind"] == "pairs"} == {"digits_standard"}
-    lams = sorted(j["lam"] for j in first if j["kind"] == "interpolate" and j["model_id"] == "digits_robust")
+    assert {j.model_id for j in first if j.kind == "pairs"} == {"digits_standard"}
+    lams = sorted(j.lam for j in first if j.kind == "interpolate" and j.model_id == "digits_robust")
     assert lams == [0.0, 0.5, 1.0]
 
 
 def test_index_selection_modes():
-    from jobs.config import IndexSpec
-    from jobs.fanout import select_indices
     from robrep.errors import DataError
+    from robrep.selection import IndexSpec, select_indices
 
     labels = np.repeat(np.arange(5), 10)
     assert select_indices(IndexSpec("first", 3), labels) == [0, 1, 2]
     assert select_indices(IndexSpec("list", values=(7, 3)), labels) == [7, 3]
-    picked = select_indices(IndexSpec("random", 6, seed=1), labels)
-    assert picked == select_indices(IndexSpec("random", 6, seed=1), labels) and len(set(picked)) == 6
-    per_class = select_indices(IndexSpec("per_class", 2, seed=0), labels)
+    picked = select_indices(IndexSpec("random", 6, rng_seed=1), labels)
+    assert picked == select_indices(IndexSpec("random", 6, rng_seed=1), labels) and len(set(picked)) == 6
+    per_class = select_indices(IndexSpec("per_class", 2, rng_seed=0), labels)
     assert np.bincount(labels[per_class]).tolist() == [2] * 5
     with pytest.raises(DataError, match="out of range"):
         select_indices(IndexSpec("list", values=(50,)), labels)
@@ -108,7 +108,7 @@ def run_fanout_cli(config: dict, tmp: Path, **popen) -> subprocess.Popen:
 @pytest.mark.parametrize(
     "change, message",
     [
-        ({"jobs": [{"kind": "invent"}]}, "is not one of"),
+        ({"jobs": [{"kind": "invent"}]}, "unknown job kind 'invent'"),
         ({"indices": {"mode": "list", "values": [5000]}}, "out of range"),
         ({"models": ["digits_standard", "/nowhere/model"]}, "nor a checkpoint folder"),
         ({"jobs": [{"kind": "visualize", "coordinates": {"mode": "list", "values": [999]}}]}, "out of range"),
@@ -122,13 +122,13 @@ def test_bad_input_fails_before_any_job(trained, tmp_path, change, message):
 
 
 def test_missing_checkpoint_and_class_mismatch(trained, tmp_path):
-    from cluster.store import append_rows
-    from robrep.store import MODELS_SCHEMA, now_utc, to_table
+    from robrep.store.commit import append_rows
+    from robrep.store.schema import MODELS_SCHEMA, now_utc, to_table
 
     store = tmp_path / "store"
     append_rows(store, "models", to_table([{"model_id": "gone", "checkpoint": str(tmp_path / "gone"),
                                             "created_at": now_utc()}], MODELS_SCHEMA), key="gone")
-    proc = run_fanout_cli(config_for(trained, store, models=["gone"]), tmp_path)
+    proc = run_fanout_cli(config_for(trained, store, models=["gone"], jobs=[{"kind": "invert"}]), tmp_path)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "CheckpointError" in err and "meta.json is missing" in err
 
@@ -138,7 +138,8 @@ def test_missing_checkpoint_and_class_mismatch(trained, tmp_path):
     save_checkpoint(tmp_path / "c3", create_model("small_cnn", 3, [0.5] * 3, [0.2] * 3, width=8),
                     {"arch": "small_cnn", "arch_kwargs": {"width": 8}, "num_classes": 3, "mean": [0.5] * 3,
                      "std": [0.2] * 3})
-    proc = run_fanout_cli(config_for(trained, store, models=[str(tmp_path / "c3")]), tmp_path)
+    proc = run_fanout_cli(config_for(trained, store, models=[str(tmp_path / "c3")], jobs=[{"kind": "invert"}]),
+                          tmp_path)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 2 and "has 3 classes" in err and "has 10" in err
 
@@ -169,8 +170,10 @@ def test_a_killed_pool_worker_costs_nothing(trained, tmp_path):
     store = seed_store(trained, tmp_path)
     proc = run_fanout_cli(many_jobs(trained, store), tmp_path)
     wait_for(lambda: len(parts(store)) >= 1, proc)
-    workers = [p for p in psutil.process_iter(["cmdline"]) if "PoolWorker" in " ".join(p.info["cmdline"] or [])]
-    assert workers, "no pool worker process found"
+    # Only processes this test started: the driver's descendants (its local Ray), never others on the machine.
+    children = psutil.Process(proc.pid).children(recursive=True)
+    workers = [p for p in children if "PoolWorker" in " ".join(p.cmdline())]
+    assert workers, "no pool worker process found among the driver's descendants"
     workers[0].send_signal(signal.SIGKILL)
     out, err = proc.communicate(timeout=600)
     assert proc.returncode == 0, err[-3000:]
@@ -234,3 +237,27 @@ def test_a_failing_job_is_recorded_and_the_rest_go_on():
         ray.shutdown()
     assert sorted(done) == [n for n in range(12) if n != 5]
     assert len(failed) == 1 and failed[0][0] == 5 and "job 5 is broken" in failed[0][1]
+
+
+@pytest.mark.parametrize("kind", __import__("robrep.kinds", fromlist=["list_kinds"]).list_kinds())
+def test_every_registered_kind_plans_runs_and_fits_its_table(trained, tmp_path, kind):
+    """Each kind of the registry, alone, through planning and the worker (in this process, no Ray)."""
+    from cluster.worker import run_batch
+    from robrep.kinds import get_kind
+    from robrep.plan import pack
+    from robrep.store.schema import TABLES, to_table
+
+    block = {"kind": kind}
+    if kind in ("visualize", "manipulate", "top_activating"):
+        block["coordinates"] = {"mode": "list", "values": [1, 2]}
+    if get_kind(kind).spec.__dataclass_fields__.get("steps"):
+        block["steps"] = 3
+    config = config_for(trained, seed_store(trained, tmp_path), indices={"mode": "first", "n": 2}, jobs=[block])
+    jobs = plan_of(config)
+    assert jobs and all(len(j.job_id) == 24 for j in jobs) and len({j.job_id for j in jobs}) == len(jobs)
+    cache: dict = {}
+    for batch in pack([j for j in jobs if j.kind == kind], 8):
+        rows = run_batch(batch, cache)
+        table = to_table(rows, TABLES[get_kind(kind).table])
+        assert set(table.column("job_id").to_pylist()) == {j.job_id for j in batch}
+        assert len(rows) >= len(batch)

@@ -1,5 +1,6 @@
 """The real `ray job submit` CLI against a head this test starts on loopback, and stops."""
 
+import contextlib
 import json
 import os
 import signal
@@ -10,6 +11,7 @@ import time
 from pathlib import Path
 
 import pandas as pd
+import psutil
 import pytest
 from conftest import REPO
 
@@ -47,11 +49,13 @@ def ray_head(tmp_path):
     else:
         pytest.fail("the Ray head did not come up: " + (tmp_path / "head.log").read_text()[-3000:])
     yield address, env
-    os.killpg(head.pid, signal.SIGTERM)
-    try:
-        head.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(head.pid, signal.SIGKILL)
+    # This head and everything it started, by process id (a graceful `ray stop` takes about 30 s).
+    started = psutil.Process(head.pid).children(recursive=True)
+    os.killpg(head.pid, signal.SIGKILL)
+    for process in started:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    head.wait(timeout=60)
 
 
 def submit(address: str, env: dict, *args: str) -> subprocess.CompletedProcess:

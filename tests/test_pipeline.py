@@ -1,27 +1,26 @@
 """The smoke pipeline through the real entry points on a real local Ray: train, fan out, report, tune,
 resume, and the errors a user meets first."""
 
+import json
+import shutil
+
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_module, store_overrides
-
-SMOKE = "jobs/configs/digits_smoke.yaml"
+from conftest import SMOKE, run_module, store_overrides
 
 
-@pytest.fixture(scope="module")
-def smoke(tmp_path_factory):
-    """jobs.main on the smoke config, once for this module: (tmp folder, the finished process)."""
-    tmp = tmp_path_factory.mktemp("smoke")
-    proc = run_module("jobs.main", "--config", SMOKE, *store_overrides(tmp))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return tmp, proc
+@pytest.fixture
+def smoke(trained_pair, tmp_path):
+    """A private copy of the session's trained pair (data, checkpoints, store), free to change."""
+    shutil.copytree(trained_pair[0], tmp_path, dirs_exist_ok=True)
+    return tmp_path, trained_pair[1]
 
 
 @pytest.mark.ray
 @pytest.mark.ffcv
 @pytest.mark.slow
-def test_main_smoke_writes_every_kind_then_a_rerun_skips_everything(smoke):
+def test_main_smoke_writes_every_kind_then_a_rerun_of_main_skips_everything(smoke):
     tmp, first = smoke
     assert "== summary" in first.stdout and "other_class_nearer_target" in first.stdout
     assert "[main] report:" in first.stdout
@@ -43,35 +42,58 @@ def test_main_smoke_writes_every_kind_then_a_rerun_skips_everything(smoke):
         assert inverted[column].notna().all(), column
     image_rows = inverted[inverted["init"] == "image"]
     assert (image_rows["source_class"] != image_rows["target_class"]).all()
-    assert list((tmp / "store" / "_manifests").glob("*.json"))
+    manifests = list((tmp / "store" / "_manifests").glob("*.json"))
+    assert len(manifests) == 1
+    resolved = json.loads(manifests[0].read_text())["config"]  # every default filled in
+    assert resolved["fanout"]["jobs"][0]["constraint"] == "l2" and resolved["fanout"]["max_retries"] == 3
+    assert resolved["train"][1]["attack"]["restarts"] == 1
     assert len(pd.read_parquet(tmp / "store" / "train_metrics")) == 4  # 2 models x 2 epochs
 
-    second = run_module("jobs.fanout", "--config", SMOKE, *store_overrides(tmp))
+    second = run_module("jobs.main", "--config", SMOKE, *store_overrides(tmp))
     assert second.returncode == 0, second.stderr[-3000:]
+    assert second.stdout.count("already in the models table, skipped") == 2
     assert "52 jobs, 52 already in the store, 0 to run" in second.stdout
+    assert "[data] using" in second.stdout
     assert len(pd.read_parquet(tmp / "store" / "results")) == 62
+    assert len(pd.read_parquet(tmp / "store" / "train_metrics")) == 4
+    assert pd.read_parquet(tmp / "store" / "models")["created_at"].tolist() == models["created_at"].tolist()
+
+
+@pytest.mark.ray
+@pytest.mark.ffcv
+@pytest.mark.slow
+def test_main_console_is_quiet(trained_pair):
+    """Every line of jobs.main's stdout is one of ours; Ray's per-report and internal lines stay in its logs."""
+    _, proc = trained_pair
+    ours = ("[data]", "[train]", "[fanout]", "[main]", "== summary", "")
+    lines = proc.stdout.splitlines()
+    summary = lines.index(next(line for line in lines if line.startswith("== summary")))
+    table = set(range(summary + 1, summary + 4))  # the summary table: a header and a row per model
+    strays = [line for n, line in enumerate(lines) if n not in table and not line.startswith(ours)]
+    assert not strays, strays
+    assert "TrainingReport" not in proc.stderr and "core_worker" not in proc.stderr
 
 
 @pytest.mark.ray
 @pytest.mark.ffcv
 @pytest.mark.slow
 def test_report_has_every_figure(smoke):
-    from jobs.report import build_report
+    from robrep.report import build_report
 
     tmp, _ = smoke
     report = build_report(str(tmp / "store"), tmp / "report")
     names = {p.stem for p in report.figures}
     assert names == {"inversion_image", "inversion_noise", "fig4_sweep", "fig7_visualize_digits_robust",
                      "fig7_visualize_digits_standard", "fig11_manipulate", "fig12_interpolate",
-                     "fig8_top_digits_robust", "fig8_top_digits_standard"}
+                     "fig8_top_digits_robust", "fig8_top_digits_standard", "sec2_pairs_digits_standard"}
     assert all(p.stat().st_size > 200 for p in report.figures)
     assert set(report.missing) <= {"tune_trials"}
     page = (tmp / "report" / "report.html").read_text()
-    assert page.count("<img") == 9 and "Table 4/5" in page and "digits_robust" in page
+    assert page.count("<img") == 10 and "Table 4/5" in page and "digits_robust" in page
 
 
 def test_report_on_an_empty_store_says_what_is_missing(tmp_path):
-    from jobs.report import build_report
+    from robrep.report import build_report
 
     report = build_report(str(tmp_path / "empty"), tmp_path / "report")
     assert not report.figures
@@ -83,21 +105,47 @@ def test_report_on_an_empty_store_says_what_is_missing(tmp_path):
 @pytest.mark.ray
 @pytest.mark.ffcv
 @pytest.mark.slow
-def test_tune_runs_trials_and_its_best_beats_the_default_on_held_out_images(smoke):
+def test_tune_records_its_trials_and_scores_the_best_on_held_out_images(smoke):
+    from datasets.beton import read_indices
+    from robrep.checkpoint import load_checkpoint
+    from robrep.experiments import tuning_problem
+    from robrep.pgd import pgd
+
     tmp, _ = smoke
     best_file = tmp / "tune_best.yaml"
-    proc = run_module("jobs.tune", "--config", SMOKE, *store_overrides(tmp), "--set", f"tune.output={best_file}")
+    proc = run_module("jobs.tune", "--config", SMOKE, *store_overrides(tmp), "--set", f"tune.output={best_file}",
+                      "--set", "tune.num_samples=4")
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     trials = pd.read_parquet(tmp / "store" / "tune_trials")
-    assert len(trials) >= 8 and trials["metric"].notna().all()
+    assert len(trials) == 4 and trials["metric"].notna().all()
+    assert ((trials["step_size"] - 0.1).abs() < 1e-6).any()  # the config's default runs as one trial
     best = yaml.safe_load(best_file.read_text())
-    assert best["holdout_metric"] <= best["default"]["holdout_metric"]
+    finished = trials[trials["steps_done"] == trials["steps"]]
+    assert best["tuning_metric"] == pytest.approx(float(finished["metric"].min()), rel=1e-5)
+    # The held-out numbers, recomputed here on the held-out images, without Ray.
+    model = load_checkpoint(pd.read_parquet(tmp / "store" / "models").set_index("model_id")
+                            .loc["digits_robust", "checkpoint"])[0]
+    images, labels = read_indices(tmp / "data" / "test.beton", list(range(100, 108)))
+    for settings, expected in ((best, best["holdout_metric"]), (best["default"], best["default"]["holdout_metric"])):
+        loss_fn, x0, measure = tuning_problem(model, images, labels, "inversion")
+        x = pgd(loss_fn, x0, eps=1000.0, step_size=settings["step_size"], steps=settings["steps"]).x
+        assert measure(x) == pytest.approx(expected, rel=1e-4)
 
-    used = run_module("jobs.fanout", "--config", SMOKE, *store_overrides(tmp), "--from-tune", str(best_file))
+
+@pytest.mark.ray
+@pytest.mark.ffcv
+@pytest.mark.slow
+def test_from_tune_settings_reach_every_inversion_row(smoke):
+    tmp, _ = smoke
+    tuned = tmp / "tuned.yaml"  # distinctive settings, so rows that ignored them cannot match by chance
+    tuned.write_text(yaml.safe_dump({"objective": "inversion", "step_size": 0.0371, "steps": 7}))
+    used = run_module("jobs.fanout", "--config", SMOKE, *store_overrides(tmp), "--from-tune", str(tuned))
     assert used.returncode == 0, used.stderr[-3000:]
-    assert "0 already in the store" not in used.stdout  # new settings, new job ids
-    results = pd.read_parquet(tmp / "store" / "results", filters=[("kind", "=", "invert")])
-    assert (abs(results["step_size"] - best["step_size"]) < 1e-6).any()
+    results = pd.read_parquet(tmp / "store" / "results")
+    new = results[results["run_id"] == results.sort_values("created_at")["run_id"].iloc[-1]]
+    assert set(new["kind"]) == {"invert", "invert_sweep", "pairs", "interpolate"}  # the tunable kinds
+    assert (abs(new["step_size"] - 0.0371) < 1e-6).all() and (new["steps"] == 7).all()
+    assert len(new) == 24 + 4 + 2 + 6
 
 
 def test_unknown_config_key_exits_nonzero_with_message(tmp_path):
@@ -107,15 +155,18 @@ def test_unknown_config_key_exits_nonzero_with_message(tmp_path):
     assert not (tmp_path / "store").exists()
 
 
+@pytest.mark.ffcv
 def test_missing_dataset_exits_nonzero_with_message(tmp_path):
     proc = run_module("jobs.train", "--config", SMOKE, *store_overrides(tmp_path))
     assert proc.returncode == 2
     assert "DataError" in proc.stderr and "train.beton" in proc.stderr and "does not exist" in proc.stderr
 
 
-def test_fanout_with_untrained_model_exits_nonzero(tmp_path):
-    build = run_module("jobs.build_dataset", "--config", SMOKE, *store_overrides(tmp_path))
-    assert build.returncode == 0, build.stderr[-2000:]
+@pytest.mark.ray
+@pytest.mark.ffcv
+@pytest.mark.slow
+def test_fanout_with_untrained_model_exits_nonzero(trained_pair, tmp_path):
+    shutil.copytree(trained_pair[0] / "data", tmp_path / "data")  # the data, but an empty store
     proc = run_module("jobs.fanout", "--config", SMOKE, *store_overrides(tmp_path))
     assert proc.returncode == 2
     assert "'digits_standard' is not in the store's models table" in proc.stderr

@@ -4,10 +4,13 @@ import math
 
 import numpy as np
 import pandas as pd
+import pytest
 import torch
 
-from cluster.store import commit_part, committed_job_ids, part_name
-from robrep.store import RESULTS_SCHEMA, decode_png, encode_png, now_utc, read_table, to_table
+from robrep.figures import decode_png, encode_png
+from robrep.store import committed_job_ids, read_table
+from robrep.store.commit import commit_part, part_name
+from robrep.store.schema import RESULTS_SCHEMA, now_utc, to_table
 
 
 def make_rows(ids, model_id="m1"):
@@ -54,7 +57,7 @@ def test_empty_store_reads_as_empty_frame(tmp_path):
 
 
 def test_a_filesystem_uri_root_works_like_a_path(tmp_path):
-    from cluster.store import write_manifest
+    from robrep.store.commit import write_manifest
 
     root = f"file://{tmp_path}/s"
     commit_part(root, "results", to_table(make_rows(["x", "y"]), RESULTS_SCHEMA), {"kind": "invert", "model_id": "m"},
@@ -66,7 +69,8 @@ def test_a_filesystem_uri_root_works_like_a_path(tmp_path):
 
 
 def test_query_helper_decodes_images_and_builds_a_grid(tmp_path):
-    from robrep.store import image_grid, load_results
+    from robrep.figures import image_grid
+    from robrep.store import load_results
 
     commit_part(tmp_path, "results", to_table(make_rows(["a", "b", "c"]), RESULTS_SCHEMA),
                 {"kind": "invert", "model_id": "m1"}, part_name(["a", "b", "c"]))
@@ -74,3 +78,19 @@ def test_query_helper_decodes_images_and_builds_a_grid(tmp_path):
     assert df["image"].iloc[0].shape == (8, 8, 3)
     grid = image_grid(df, ncols=2, caption="job_id", scale=2)
     assert grid.size == (2 * 18, 2 * (16 + 12 + 2))
+
+
+def test_summary_counts_inversions_that_end_nearer_the_target():
+    from robrep.report import summary_table
+
+    models = pd.DataFrame({"model_id": ["m"], "robust": [True], "eps": [1.0], "clean_acc": [0.9], "adv_acc": [0.5],
+                           "created_at": [pd.Timestamp.now(tz="UTC")]})
+    results = pd.DataFrame({
+        "kind": ["invert"] * 4, "model_id": ["m"] * 4, "init": ["image", "image", "image", "noise"],
+        "source_class": [1, 1, 2, -1], "target_class": [0, 0, 0, 0],
+        "pix_dist_target": [1.0, 1.0, 5.0, 1.0], "pix_dist_source": [3.0, 4.0, 2.0, 9.0],
+        "rep_dist_rel": [0.1] * 4,
+    })
+    summary = summary_table(models, results).set_index("model_id")
+    assert summary.loc["m", "other_class_nearer_target"] == pytest.approx(2 / 3)  # nearer the target in 2 of 3
+    assert summary.loc["m", "other_class_jobs"] == 3 and summary.loc["m", "jobs"] == 4

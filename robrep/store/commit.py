@@ -4,7 +4,7 @@ place. The root is a local path or a pyarrow filesystem URI (file://, s3://, gs:
 A part's name is a hash of its job ids, so a retried batch overwrites its own part instead of adding
 duplicates; a rerun reads the committed job ids first and skips them. Readers ignore names starting with
 '.' or '_', so a temp file is never read. On a local disk the move is an atomic rename; on object stores
-it is a copy then delete, still never visible half-written. The driver is the only writer of `results`.
+it is a copy then delete, still never visible half-written. Pure pyarrow: no Ray.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from pathlib import Path
 
 import pyarrow as pa
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 
-from robrep.store import filesystem
+from robrep.location import filesystem
+from robrep.store.schema import PARTITIONS, TABLES, to_table
 
 
 def part_name(job_ids: list[str]) -> str:
@@ -25,7 +26,7 @@ def part_name(job_ids: list[str]) -> str:
     return f"part-{digest}.parquet"
 
 
-def commit_part(root: str, table_name: str, table: pa.Table, partition: dict[str, str], name: str) -> str:
+def commit_part(root: str | Path, table_name: str, table: pa.Table, partition: dict[str, str], name: str) -> str:
     """Write `table` as <root>/<table_name>/<k=v>/.../<name>, atomically. Partition columns are dropped
     from the file; readers get them back from the folder names."""
     fs, base = filesystem(root)
@@ -38,24 +39,21 @@ def commit_part(root: str, table_name: str, table: pa.Table, partition: dict[str
     return final
 
 
-def append_rows(root: str, table_name: str, table: pa.Table, key: str) -> str:
+def commit_rows(root: str | Path, table_name: str, rows: list[dict], job_ids: list[str]) -> str:
+    """Commit one batch's rows to a partitioned table (results, representations), named after its job ids.
+    Every row of a batch shares the partition values (one kind, one model)."""
+    partition = {column: rows[0][column] for column in PARTITIONS[table_name]}
+    return commit_part(root, table_name, to_table(rows, TABLES[table_name]), partition, part_name(job_ids))
+
+
+def append_rows(root: str | Path, table_name: str, table: pa.Table, key: str) -> str:
     """Commit a small table (models, train_metrics, failures) as one part named after `key`; committing
     the same key again replaces it."""
     name = f"part-{hashlib.sha256(key.encode()).hexdigest()[:20]}.parquet"
     return commit_part(root, table_name, table, {}, name)
 
 
-def committed_job_ids(root: str, table_name: str = "results") -> set[str]:
-    """Job ids already in the store (reads the `job_id` column only)."""
-    fs, base = filesystem(root)
-    folder = f"{base}/{table_name}"
-    if fs.get_file_info(folder).type == pa.fs.FileType.NotFound:
-        return set()
-    dataset = pads.dataset(folder, filesystem=fs, format="parquet", partitioning="hive")
-    return set(dataset.to_table(columns=["job_id"]).column("job_id").to_pylist())
-
-
-def write_manifest(root: str, run_id: str, manifest: dict) -> str:
+def write_manifest(root: str | Path, run_id: str, manifest: dict) -> str:
     """Written last, after every part of a run is committed."""
     fs, base = filesystem(root)
     folder = f"{base}/_manifests"
@@ -65,3 +63,9 @@ def write_manifest(root: str, run_id: str, manifest: dict) -> str:
         out.write(json.dumps(manifest, indent=2, sort_keys=True, default=str).encode())
     fs.move(tmp, final)
     return final
+
+
+def read_manifest(root: str | Path, run_id: str) -> dict:
+    fs, base = filesystem(root)
+    with fs.open_input_stream(f"{base}/_manifests/{Path(run_id).name}.json") as stream:
+        return json.loads(stream.read())

@@ -1,0 +1,57 @@
+"""The worker side of the fan-out: what a pool actor does with a batch of jobs. It picks the device, keeps
+models and datasets loaded across batches (its cache), runs the batch's kind, and stamps the rows."""
+
+from __future__ import annotations
+
+import platform
+import time
+
+import torch
+
+from datasets.beton import read_all, read_indices, read_info
+from robrep.checkpoint import load_checkpoint
+from robrep.kinds import get_kind
+from robrep.kinds.base import BatchContext, Job
+
+IN_MEMORY_BYTES = 512 * 2**20  # a split smaller than this (as float32) is read once and kept in memory
+
+
+def device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _model(cache: dict, checkpoint: str, on: str) -> torch.nn.Module:
+    if checkpoint not in cache:
+        cache[checkpoint] = load_checkpoint(checkpoint, map_location=on)[0]
+    return cache[checkpoint]
+
+
+def _split(cache: dict, path: str):
+    """(size, get_images) for a .beton; small splits are decoded once and served from memory."""
+    if path not in cache:
+        info = read_info(path)
+        small = info["num_images"] * 3 * info["resolution"] ** 2 * 4 < IN_MEMORY_BYTES
+        cache[path] = (info["num_images"], read_all(path) if small else None)
+    size, everything = cache[path]
+
+    def get_images(indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if everything is not None:
+            return everything[0][indices], everything[1][indices]
+        return read_indices(path, indices)
+
+    return size, get_images
+
+
+def run_batch(jobs: list[Job], cache: dict) -> list[dict]:
+    """One batch of compatible jobs (one kind, one model, one PGD setting) -> rows of the kind's table."""
+    first, on = jobs[0], device()
+    size, get_images = _split(cache, first.dataset_path)
+    ctx = BatchContext(_model(cache, first.checkpoint, on), on, get_images, size, cache,
+                       (first.checkpoint, first.dataset_path))
+    start = time.time()
+    rows = get_kind(first.kind).run(ctx, jobs)
+    seconds = (time.time() - start) / max(1, len(rows))
+    if get_kind(first.kind).table == "results":
+        for row in rows:
+            row.update(node=platform.node(), device=on, seconds=seconds)
+    return rows

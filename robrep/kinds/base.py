@@ -1,0 +1,150 @@
+"""What every job kind shares: the config block (BlockSpec), the Job that crosses Ray, what a worker hands
+a kind's `run` (BatchContext), and the JobKind record each kind module registers."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from robrep.errors import ConfigError
+from robrep.experiments import GetImages, split_representations
+from robrep.selection import IndexSpec
+
+MAX_STEPS = 1_000_000  # paper: 10,000; more is a typo, and would run for days
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """One block of `fanout.jobs`: a kind, and the models and images it runs on (default: the fan-out's)."""
+
+    kind: str = ""
+    models: tuple[str, ...] = ()  # restrict this block to some of fanout.models (e.g. pairs: standard ones)
+    indices: IndexSpec | None = None  # this block's images, instead of fanout.indices
+    store_representation: bool = False  # also store R(x') as a list<float32> column
+
+    @classmethod
+    def from_config(cls, data: Any, where: str) -> BlockSpec:
+        """The block's kind picks its spec from the registry; the rest of the keys are that spec's."""
+        from robrep.config import from_dict
+        from robrep.kinds import get_kind, list_kinds
+
+        if not isinstance(data, dict) or "kind" not in data:
+            raise ConfigError(f"{where.rstrip('.')}: each job block needs a kind, one of {list_kinds()}")
+        return from_dict(get_kind(data["kind"]).spec, data, where)
+
+    def validate(self) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class PGDBlockSpec(BlockSpec):
+    """A block whose jobs run one batched PGD loop (DESIGN §4 defaults: paper A.6)."""
+
+    constraint: Literal["l2", "linf", "unconstrained"] = "l2"
+    eps: float = 1000.0  # [0,1]-pixel units; paper A.6: 1000, i.e. unconstrained
+    step_size: float = 1.0  # paper A.6: 1
+    steps: int = 200  # paper: 10,000 for inversion, 200 for visualization
+
+    def validate(self) -> None:
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ConfigError(f"fanout.jobs {self.kind}: steps={self.steps} must be within [1, {MAX_STEPS}]")
+        for key in ("step_size", "eps"):
+            value = getattr(self, key)
+            if not math.isfinite(value) or value <= 0:
+                raise ConfigError(f"fanout.jobs {self.kind}: {key}={value} must be a finite number > 0")
+
+
+@dataclass(frozen=True)
+class Job:
+    """One fan-out job: what it computes (hashed into job_id) and where its model and images are."""
+
+    kind: str
+    model_id: str
+    dataset: str
+    split: str
+    target_index: int = -1  # -1 = none
+    source_index: int = -1
+    init: str | None = None  # noise, gray, image, interp (PGD kinds)
+    rng_seed: int = 0
+    constraint: str | None = None
+    eps: float | None = None
+    step_size: float | None = None
+    steps: int = 0
+    coordinate: int = -1
+    lam: float = math.nan
+    images_per_end: int = 0  # top_activating: the k most and k least activating images
+    store_representation: bool = False
+    # Where things are: not part of the job's identity.
+    checkpoint: str = field(default="", compare=False)
+    dataset_path: str = field(default="", compare=False)
+    image_shape: tuple[int, ...] = field(default=(), compare=False)
+    model_robust: bool = field(default=False, compare=False)
+    model_eps: float = field(default=0.0, compare=False)
+    job_id: str = field(default="", compare=False)
+
+    def identity(self) -> dict:
+        """The fields that change a result."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
+
+    def with_id(self) -> Job:
+        canonical = json.dumps(self.identity(), sort_keys=True)
+        return dataclasses.replace(self, job_id=hashlib.sha256(canonical.encode()).hexdigest()[:24])
+
+    def columns(self) -> dict:
+        """The job's own columns of a result row."""
+        names = ("kind", "model_id", "dataset", "split", "target_index", "source_index", "init", "rng_seed",
+                 "constraint", "eps", "step_size", "steps", "coordinate", "lam", "job_id", "model_robust", "model_eps")
+        return {name: getattr(self, name) for name in names}
+
+
+@dataclass(frozen=True)
+class ExpandContext:
+    """What `expand` sees for one (block, model): the block's images and the model's representation size."""
+
+    indices: list[int]
+    labels: np.ndarray  # labels of the whole split
+    representation_dim: int
+    rng_seed: int  # fanout.rng_seed
+
+
+@dataclass
+class BatchContext:
+    """What a worker hands a kind's `run`: the model in eval mode on `device`, images by index, and a memo
+    that outlives the batch (the actor's cache) for things computed once per model and split."""
+
+    model: nn.Module
+    device: str
+    get_images: GetImages
+    split_size: int
+    memo: dict
+    memo_key: tuple
+
+    def split_representations(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """R(x) of every image of the split, in index order: ((N, D) on cpu, (N,) labels); once per actor."""
+        key = ("representations", *self.memo_key)
+        if key not in self.memo:
+            self.memo[key] = split_representations(self.model, self.get_images, self.split_size, self.device)
+        return self.memo[key]
+
+
+@dataclass(frozen=True)
+class JobKind:
+    """One kind of fan-out job, registered in robrep/kinds/__init__.py."""
+
+    name: str
+    spec: type[BlockSpec]  # its config block, validated at the door
+    expand: Callable[[BlockSpec, ExpandContext], list[dict]]  # block -> the varying Job fields of each job
+    run: Callable[[BatchContext, list[Job]], list[dict]]  # a batch of compatible jobs -> rows of `table`
+    table: str = "results"
+    report: Callable | None = None  # (Report, StoreFrames) -> None: its section of jobs.report
+    needs: Callable[[BlockSpec], list[BlockSpec]] | None = None  # blocks of other kinds its jobs rely on
+    tunable: bool = False  # jobs.tune's inversion step_size / steps apply (`--from-tune`)

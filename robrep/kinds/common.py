@@ -1,0 +1,83 @@
+"""Helpers of the PGD kinds: gather a batch's images, build its starts, run one batched PGD loop, make rows."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from robrep.experiments import measure, noise_image
+from robrep.figures import encode_png
+from robrep.kinds.base import BatchContext, Job
+from robrep.objectives import inversion
+from robrep.pgd import PGDResult, pgd
+
+
+class BatchImages:
+    """The dataset images a batch refers to (targets and sources), by index, with their labels."""
+
+    def __init__(self, ctx: BatchContext, jobs: list[Job]):
+        needed = sorted({i for j in jobs for i in (j.target_index, j.source_index) if i >= 0})
+        images, labels = ctx.get_images(needed) if needed else (torch.empty(0), torch.empty(0, dtype=torch.long))
+        self.by_index = {i: images[n] for n, i in enumerate(needed)}
+        self.label_of = {i: int(labels[n]) for n, i in enumerate(needed)}
+        self.shape = tuple(images.shape[1:]) if needed else tuple(jobs[0].image_shape)
+        self.device = ctx.device
+
+    def stack(self, indices: list[int]) -> torch.Tensor:
+        return torch.stack([self.by_index[i] for i in indices]).to(self.device)
+
+    def starts(self, jobs: list[Job]) -> torch.Tensor:
+        """x0 per job: noise (seeded), gray, the source image, or the pixel-space mix for interpolation."""
+        starts = []
+        for job in jobs:
+            if job.init == "noise":
+                starts.append(noise_image(self.shape, job.rng_seed))
+            elif job.init == "gray":
+                starts.append(torch.full(self.shape, 0.5))
+            elif job.init == "interp":
+                target, source = self.by_index[job.target_index], self.by_index[job.source_index]
+                starts.append(job.lam * target + (1 - job.lam) * source)
+            else:
+                starts.append(self.by_index[job.source_index])
+        return torch.stack(starts).to(self.device)
+
+
+def run_pgd(ctx: BatchContext, jobs: list[Job], loss_fn, x0: torch.Tensor, stop_fn=None) -> PGDResult:
+    """One batched PGD loop with the batch's shared settings and each job's own eps; the ball is around x0."""
+    first = jobs[0]
+    eps = torch.tensor([j.eps for j in jobs], device=ctx.device)
+    return pgd(loss_fn, x0, center=x0, eps=eps, step_size=first.step_size, steps=first.steps,
+               constraint=first.constraint, stop_fn=stop_fn)
+
+
+def run_inversion(ctx: BatchContext, jobs: list[Job], images: BatchImages, target_rep: torch.Tensor
+                  ) -> list[dict]:
+    """Eq. 4 towards target_rep (B, D) from each job's start; pixel distances to each job's target image."""
+    x0 = images.starts(jobs)
+    targets = images.stack([j.target_index for j in jobs])
+    result = run_pgd(ctx, jobs, inversion(ctx.model, target_rep), x0)
+    out = measure(ctx.model, result, x0, targets, target_rep)
+    return [result_row(job, out, i, images.label_of) for i, job in enumerate(jobs)]
+
+
+def target_representations(ctx: BatchContext, images: BatchImages, jobs: list[Job]) -> torch.Tensor:
+    with torch.no_grad():
+        return ctx.model.representation(images.stack([j.target_index for j in jobs]))
+
+
+def result_row(job: Job, out: dict, i: int, label_of: dict[int, int], coordinate: int = -1) -> dict:
+    """One results row: the job's columns, the measurements of example i, and the coordinate's activation."""
+    rep = out["representation"][i]
+    row = job.columns()
+    row.update(
+        target_class=label_of.get(job.target_index, -1), source_class=label_of.get(job.source_index, -1),
+        image_png=encode_png(out["x"][i]), representation=rep.float().cpu().tolist() if job.store_representation
+        else None, pred_class=int(out["pred_class"][i]), steps_taken=int(out["steps_taken"][i]),
+    )
+    for key in ("rep_dist", "rep_dist_rel", "pix_dist_target", "pix_dist_source", "loss_final"):
+        row[key] = float(out[key][i]) if key in out else math.nan
+    if coordinate >= 0:
+        row.update(coordinate=coordinate, activation=float(rep[coordinate]),
+                   activation_rank=int((rep > rep[coordinate]).sum()))
+    return row

@@ -1,0 +1,64 @@
+"""interpolate — Eq. 6 (A.5): invert lam R(x_1) + (1 - lam) R(x_2) for lam in {0, 1/T, ..., 1}, from the
+pixel-space mix. Report: one strip of lam values per image pair (Fig. 12)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+
+from robrep.errors import ConfigError
+from robrep.kinds.base import BatchContext, ExpandContext, Job, JobKind, PGDBlockSpec
+from robrep.kinds.common import BatchImages, run_inversion, target_representations
+from robrep.kinds.invert import slot_seed
+from robrep.objectives import interpolation_lams, interpolation_targets
+from robrep.selection import other_class_source
+
+
+@dataclass(frozen=True)
+class InterpolateSpec(PGDBlockSpec):
+    kind: Literal["interpolate"] = "interpolate"
+    lam_steps: int = 4  # T of Eq. 6: lam takes the T + 1 values 0, 1/T, ..., 1
+
+    def validate(self) -> None:
+        super().validate()
+        if not 1 <= self.lam_steps <= 1000:
+            raise ConfigError(f"fanout.jobs interpolate: lam_steps={self.lam_steps} must be within [1, 1000]")
+
+
+def expand(block: InterpolateSpec, ctx: ExpandContext) -> list[dict]:
+    return [{"target_index": t, "source_index": other_class_source(ctx.labels, t, ctx.rng_seed), "init": "interp",
+             "lam": float(lam), "rng_seed": slot_seed(ctx.rng_seed, t)}
+            for t in ctx.indices for lam in interpolation_lams(block.lam_steps).tolist()]
+
+
+def run(ctx: BatchContext, jobs: list[Job]) -> list[dict]:
+    images = BatchImages(ctx, jobs)
+    with torch.no_grad():
+        source_rep = ctx.model.representation(images.stack([j.source_index for j in jobs]))
+    target_rep = interpolation_targets(target_representations(ctx, images, jobs), source_rep,
+                                       torch.tensor([j.lam for j in jobs]))
+    return run_inversion(ctx, jobs, images, target_rep)
+
+
+def report(report, rows, lookup: dict) -> None:
+    from robrep.report import MAX_ROWS
+
+    report.heading("Interpolation (Fig. 12)")
+    if rows.empty:
+        report.missing_section("interpolate rows", "add a {kind: interpolate} block")
+        return
+    cells, labels, lams = [], [], []
+    for (model_id, target), strip in rows.groupby(["model_id", "target_index"]):
+        strip = strip.sort_values("lam")
+        cells.append(list(strip["image_png"]))
+        labels.append(f"{model_id[:14]} t={target}")
+        lams = [f"{v:.2f}" for v in strip["lam"]]
+        if len(cells) >= 2 * MAX_ROWS:
+            break
+    report.grid("fig12_interpolate", cells, labels, lams,
+                "Fig. 12: inverting lambda R(x1) + (1 - lambda) R(x2); lambda = 0 is the other image")
+
+
+KIND = JobKind("interpolate", InterpolateSpec, expand, run, report=report, tunable=True)

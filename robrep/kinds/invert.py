@@ -1,0 +1,61 @@
+"""invert — Eq. 4: match R(x) to a test image's R(x_t), from noise, gray, or an image of another class.
+Report: Fig. 3 (from another class's image) and Fig. 6 (from noise), robust beside standard."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from robrep.kinds.base import BatchContext, ExpandContext, Job, JobKind, PGDBlockSpec
+from robrep.kinds.common import BatchImages, run_inversion, target_representations
+from robrep.selection import other_class_source
+
+
+@dataclass(frozen=True)
+class InvertSpec(PGDBlockSpec):
+    kind: Literal["invert"] = "invert"
+    inits: tuple[Literal["noise", "gray", "image"], ...] = ("noise", "image")
+
+
+def slot_seed(fanout_seed: int, index: int) -> int:
+    """The rng_seed of image slot `index` (its noise start), derived from fanout.rng_seed."""
+    return fanout_seed * 1_000_003 + index
+
+
+def expand(block: InvertSpec, ctx: ExpandContext) -> list[dict]:
+    return [{"target_index": t, "init": init, "rng_seed": slot_seed(ctx.rng_seed, t),
+             "source_index": other_class_source(ctx.labels, t, ctx.rng_seed) if init == "image" else -1}
+            for t in ctx.indices for init in block.inits]
+
+
+def run(ctx: BatchContext, jobs: list[Job]) -> list[dict]:
+    images = BatchImages(ctx, jobs)
+    return run_inversion(ctx, jobs, images, target_representations(ctx, images, jobs))
+
+
+def report(report, rows, lookup: dict) -> None:
+    from robrep.report import MAX_ROWS
+
+    report.heading("Inversion: robust vs standard (Fig. 3 and 6)")
+    if rows.empty:
+        report.missing_section("invert rows", "add a {kind: invert} block to fanout.jobs")
+        return
+    models = sorted(rows["model_id"].unique())
+    for init, caption in (("image", "Fig. 3: from a test image of another class"), ("noise", "Fig. 6: from noise")):
+        part = rows[rows["init"] == init]
+        targets = sorted(part["target_index"].unique())[:MAX_ROWS]
+        if not targets:
+            report.missing_section(f"invert rows from init={init}", f"add {init} to the invert block's inits")
+            continue
+        cells, labels = [], []
+        for t in targets:
+            by_model = part[part["target_index"] == t].set_index("model_id")
+            split, source = by_model["split"].iloc[0], int(by_model["source_index"].iloc[0])
+            row = [lookup.get((split, int(t))), lookup.get((split, source)) if source >= 0 else None]
+            row += [by_model.loc[m, "image_png"] if m in by_model.index else None for m in models]
+            cells.append(row)
+            labels.append(f"t={t}")
+        report.grid(f"inversion_{init}", cells, labels, ["target", "source", *models], caption)
+
+
+KIND = JobKind("invert", InvertSpec, expand, run, report=report, tunable=True)

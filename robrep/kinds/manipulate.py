@@ -1,0 +1,57 @@
+"""manipulate — Sec. 4.2.1: Eq. 5 from a test image, stopped as soon as the coordinate exceeds every other
+one; steps_taken records when. Report: Fig. 11, the original beside each model's result."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from robrep.kinds.base import BatchContext, Job, JobKind, PGDBlockSpec
+from robrep.kinds.common import BatchImages, result_row, run_pgd
+from robrep.kinds.visualize import expand_coordinates, resolve_coordinates
+from robrep.objectives import Manipulation
+from robrep.selection import CoordinateSpec
+
+
+@dataclass(frozen=True)
+class ManipulateSpec(PGDBlockSpec):
+    kind: Literal["manipulate"] = "manipulate"
+    inits: tuple[Literal["image"], ...] = ("image",)  # manipulation starts from test images
+    coordinates: CoordinateSpec = field(default_factory=CoordinateSpec)
+
+
+def run(ctx: BatchContext, jobs: list[Job]) -> list[dict]:
+    from robrep.experiments import measure
+
+    images = BatchImages(ctx, jobs)
+    x0 = images.starts(jobs)
+    coords = resolve_coordinates(ctx, jobs, x0)
+    objective = Manipulation(ctx.model, coords)
+    result = run_pgd(ctx, jobs, objective, x0, stop_fn=objective.done)
+    out = measure(ctx.model, result, x0, None, None)
+    return [result_row(job, out, i, images.label_of, int(coords[i])) for i, job in enumerate(jobs)]
+
+
+def report(report, rows, lookup: dict) -> None:
+    from robrep.report import MAX_ROWS
+
+    report.heading("Feature manipulation (Fig. 11)")
+    if rows.empty:
+        report.missing_section("manipulate rows", "add a {kind: manipulate} block")
+        return
+    models = sorted(rows["model_id"].unique())
+    pairs = rows[["source_index", "coordinate"]].drop_duplicates().head(MAX_ROWS)
+    cells, labels = [], []
+    for pair in pairs.itertuples():
+        same = rows[(rows["source_index"] == pair.source_index) & (rows["coordinate"] == pair.coordinate)]
+        by_model = same.set_index("model_id")
+        cells.append([lookup.get((same["split"].iloc[0], int(pair.source_index))),
+                      *(by_model.loc[m, "image_png"] if m in by_model.index else None for m in models)])
+        steps = ", ".join(f"{m}: {int(by_model.loc[m, 'steps_taken'])}" for m in models if m in by_model.index)
+        labels.append(f"#{pair.coordinate}")
+        report.text(f"image {pair.source_index}, coordinate {pair.coordinate}: steps before the stop rule — {steps}")
+    report.grid("fig11_manipulate", cells, labels, ["original", *models],
+                "Fig. 11: the feature added until it exceeds every other coordinate")
+
+
+KIND = JobKind("manipulate", ManipulateSpec, expand_coordinates, run, report=report)

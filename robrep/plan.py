@@ -1,0 +1,130 @@
+"""Planning a fan-out, pure (no Ray, no files but the store and checkpoint metadata): the fan-out's config,
+the models it names, and every job of every block with a deterministic job_id, packed into batches."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from robrep.checkpoint import model_from_meta, read_meta
+from robrep.errors import ConfigError
+from robrep.kinds import get_kind
+from robrep.kinds.base import BlockSpec, ExpandContext, Job
+from robrep.kinds.invert import InvertSpec
+from robrep.selection import IndexSpec, select_indices
+from robrep.store import find_model
+
+MAX_BATCH = 65_536
+
+
+@dataclass(frozen=True)
+class FanoutSpec:
+    """Representation experiments for every model over chosen images of one split (paper Sec. 2 and 4)."""
+
+    models: tuple[str, ...]  # model_ids in the store's models table, or robrep checkpoint folders
+    split: Literal["test", "train"] = "test"
+    indices: IndexSpec = field(default_factory=IndexSpec)
+    jobs: tuple[BlockSpec, ...] = (InvertSpec(),)
+    rng_seed: int = 0  # seeds the noise starts and the choice of other-class sources
+    batch_size: int = 64  # jobs per batched PGD loop
+    max_in_flight: int = 4  # batches submitted and not yet committed
+    workers: int = 2  # pool actors: one per CPU slot or GPU
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0  # fractional GPUs are fine, e.g. 0.25 puts four workers on a GPU
+    max_retries: int = 3  # a batch whose worker dies is retried this often
+
+    def validate(self) -> None:
+        if not self.models:
+            raise ConfigError("fanout.models is empty; name at least one model_id")
+        for key in ("batch_size", "max_in_flight", "workers"):
+            if not 1 <= getattr(self, key) <= MAX_BATCH:
+                raise ConfigError(f"fanout.{key}={getattr(self, key)} must be within [1, {MAX_BATCH}]")
+        if not self.jobs:
+            raise ConfigError("fanout.jobs is empty; add at least one block such as {kind: invert}")
+        for block in self.jobs:
+            unknown = sorted(set(block.models) - set(self.models))
+            if unknown:
+                raise ConfigError(f"fanout.jobs {block.kind}: models {unknown} are not in fanout.models")
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model the fan-out runs: where its checkpoint is and what its jobs' rows record about it."""
+
+    model_id: str
+    checkpoint: str
+    robust: bool
+    eps: float
+    representation_dim: int
+
+
+@dataclass(frozen=True)
+class SplitRef:
+    """The images the jobs refer to: one split of one dataset, as a .beton the workers read."""
+
+    dataset: str
+    split: str
+    path: str
+    image_shape: tuple[int, int, int]
+    num_classes: int
+
+
+def resolve_model(store: str, name: str, num_classes: int) -> ModelRef:
+    """fanout.models entry -> ModelRef, by model_id in the store or by checkpoint folder; errors say what to do."""
+    row = find_model(store, name)
+    if row is None:
+        if not (Path(name) / "meta.json").is_file():
+            raise ConfigError(
+                f"fanout.models: {name!r} is not in the store's models table at {store}/models nor a checkpoint "
+                "folder; train it with python -m jobs.train")
+        meta = read_meta(name)
+        row = {"model_id": meta.get("model_id") or Path(name).name, "checkpoint": str(Path(name).resolve()),
+               "robust": meta.get("robust"), "eps": meta.get("eps")}
+    meta = read_meta(row["checkpoint"])  # CheckpointError if the files are gone
+    if meta["num_classes"] != num_classes:
+        raise ConfigError(f"model {name!r} has {meta['num_classes']} classes but the split has {num_classes}: "
+                          "they do not belong together")
+    with torch.device("meta"):
+        dim = model_from_meta(meta).representation_dim
+    return ModelRef(row["model_id"], str(row["checkpoint"]), bool(row.get("robust")), float(row.get("eps") or 0.0),
+                    dim)
+
+
+def expand_block(block: BlockSpec, fan: FanoutSpec, model: ModelRef, split: SplitRef, labels: np.ndarray
+                 ) -> list[Job]:
+    """Every job of one block for one model, with its job_id."""
+    ctx = ExpandContext(select_indices(block.indices or fan.indices, labels), labels, model.representation_dim,
+                        fan.rng_seed)
+    pgd = {f: getattr(block, f) for f in ("constraint", "eps", "step_size", "steps") if hasattr(block, f)}
+    common = Job(kind=block.kind, model_id=model.model_id, dataset=split.dataset, split=split.split, **pgd,
+                 store_representation=block.store_representation, checkpoint=model.checkpoint,
+                 dataset_path=split.path, image_shape=split.image_shape, model_robust=model.robust,
+                 model_eps=model.eps)
+    return [dataclasses.replace(common, **fields).with_id() for fields in get_kind(block.kind).expand(block, ctx)]
+
+
+def plan_jobs(fan: FanoutSpec, models: dict[str, ModelRef], split: SplitRef, labels: np.ndarray) -> list[Job]:
+    """Every job of the fan-out, deterministic, without duplicates (blocks a kind relies on come first)."""
+    blocks = []
+    for block in fan.jobs:
+        needs = get_kind(block.kind).needs
+        blocks += [*(needs(block) if needs else []), block]
+    jobs: dict[str, Job] = {}
+    for block in blocks:
+        for name in block.models or fan.models:
+            for job in expand_block(block, fan, models[name], split, labels):
+                jobs.setdefault(job.job_id, job)
+    return list(jobs.values())
+
+
+def pack(jobs: list[Job], batch_size: int) -> list[list[Job]]:
+    """Group compatible jobs (same model, kind and PGD settings) into batches of at most batch_size."""
+    groups: dict[tuple, list[Job]] = {}
+    for job in jobs:
+        groups.setdefault((job.model_id, job.kind, job.constraint, job.step_size, job.steps), []).append(job)
+    return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]

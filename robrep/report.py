@@ -1,0 +1,140 @@
+"""The HTML report, from store tables alone: a self-contained page (images embedded) and a PNG per figure.
+
+Each job kind draws its own section (robrep/kinds/); this module owns the page, the models table (paper
+Table 4/5), the summary numbers every entry point prints, and the tuning trials.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from pathlib import Path
+
+import pandas as pd
+
+from robrep.figures import labelled_grid, line_chart
+from robrep.kinds import KINDS
+from robrep.store import read_table
+
+MAX_ROWS = 6  # figure rows per model
+
+
+class Report:
+    def __init__(self, out: Path):
+        self.out, self.parts, self.figures, self.missing = out, [], [], []
+        self.path: Path | None = None
+
+    def heading(self, text: str) -> None:
+        self.parts.append(f"<h2>{html.escape(text)}</h2>")
+
+    def note(self, text: str) -> None:
+        self.parts.append(f"<p class='note'>{html.escape(text)}</p>")
+
+    def text(self, text: str) -> None:
+        self.parts.append(f"<p>{html.escape(text)}</p>")
+
+    def missing_section(self, what: str, how: str) -> None:
+        self.missing.append(what)
+        self.note(f"Missing: {what} — {how}")
+
+    def table(self, frame: pd.DataFrame) -> None:
+        self.parts.append(frame.to_html(index=False, float_format=lambda v: f"{v:.4f}", na_rep="—", border=0))
+
+    def grid(self, name: str, cells: list, row_labels: list[str], col_labels: list[str], caption: str) -> None:
+        self.figure(name, labelled_grid(cells, row_labels, col_labels), caption)
+
+    def chart(self, name: str, series: dict, x_label: str, y_label: str, caption: str) -> None:
+        self.figure(name, line_chart(series, x_label, y_label), caption)
+
+    def figure(self, name: str, image, caption: str) -> None:
+        path = self.out / f"{name}.png"
+        image.save(path)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        data = base64.b64encode(buffer.getvalue()).decode()
+        self.figures.append(path)
+        self.parts.append(f"<figure id='{html.escape(name)}'><img alt='{html.escape(name)}' "
+                          f"src='data:image/png;base64,{data}'><figcaption>{html.escape(caption)}</figcaption></figure>")
+
+    def write(self, title: str) -> Path:
+        style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
+                 "td,th{padding:2px 8px;border-bottom:1px solid #ddd}.note{color:#a33}img{image-rendering:pixelated}")
+        page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{''.join(self.parts)}</body></html>")
+        self.path = self.out / "report.html"
+        self.path.write_text(page)
+        return self.path
+
+
+def summary_table(models: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+    """Per model: accuracies and the inversion statistics of the paper's Sec. 4.1, from invert rows.
+
+    other_class_nearer_target: the fraction of inversions started from an image of another class that end
+    nearer the target than their source in pixel L2 (the Fig. 3 observation as a number).
+    """
+    models = models.sort_values("created_at").groupby("model_id").last() if not models.empty else models
+    rows = []
+    for model_id, group in results[results["kind"] == "invert"].groupby("model_id"):
+        other = group[(group["init"] == "image") & (group["source_class"] != group["target_class"])]
+        model = models.loc[model_id] if model_id in models.index else None
+        rows.append({
+            "model_id": model_id,
+            "robust": bool(model["robust"]) if model is not None else None,
+            "eps": float(model["eps"]) if model is not None else None,
+            "clean_acc": float(model["clean_acc"]) if model is not None else None,
+            "adv_acc": float(model["adv_acc"]) if model is not None else None,
+            "jobs": len(group),
+            "mean_rep_dist_rel": group["rep_dist_rel"].mean(),
+            "mean_pix_dist_target": group["pix_dist_target"].mean(),
+            "other_class_nearer_target": (other["pix_dist_target"] < other["pix_dist_source"]).mean(),
+            "other_class_jobs": len(other),
+        })
+    return pd.DataFrame(rows)
+
+
+def _models_table(report: Report, models: pd.DataFrame, evaluations: pd.DataFrame) -> None:
+    report.heading("Models (paper Table 4/5)")
+    if models.empty:
+        report.missing_section("models", "train some with python -m jobs.train")
+        return
+    table = models[["model_id", "arch", "dataset", "robust", "eps", "clean_acc", "adv_acc", "adv_eps", "adv_steps",
+                    "epochs"]].rename(columns={"clean_acc": "Standard", "adv_acc": "Adversarial"})
+    report.table(table)
+    if not evaluations.empty:
+        report.text("jobs.evaluate runs:")
+        report.table(evaluations[["model_id", "clean_acc", "adv_acc", "constraint", "eps", "steps", "step_size",
+                                  "restarts", "n"]])
+
+
+def _summary(report: Report, results: pd.DataFrame, models: pd.DataFrame, tune: pd.DataFrame) -> None:
+    report.heading("Summary numbers")
+    if results.empty:
+        report.missing_section("results", "run python -m jobs.fanout")
+    else:
+        report.table(results.groupby(["kind", "model_id"]).size().rename("rows").reset_index())
+        if (results["kind"] == "invert").any():
+            report.table(summary_table(models, results))
+    report.heading("Tuning (jobs.tune)")
+    if tune.empty:
+        report.missing_section("tune_trials", "run python -m jobs.tune")
+    else:
+        report.table(tune[["run_id", "model_id", "objective", "step_size", "steps", "steps_done", "metric"]]
+                     .sort_values("metric"))
+
+
+def build_report(store: str, out: str | Path, title: str | None = None) -> Report:
+    """Write <out>/report.html and a PNG per figure; returns the Report (figures, missing sections)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = Report(out)
+    models, results = read_table(store, "models"), read_table(store, "results")
+    images = read_table(store, "images")
+    lookup = {(row.split, int(row.index)): row.image_png for row in images.itertuples()}
+    _models_table(report, models, read_table(store, "evaluations"))
+    for kind in KINDS.values():
+        if kind.report is not None:
+            kind.report(report, results[results["kind"] == kind.name], lookup)
+    _summary(report, results, models, read_table(store, "tune_trials"))
+    report.write(title or f"robrep report: {store}")
+    return report
