@@ -34,6 +34,13 @@ class Report:
     def text(self, text: str) -> None:
         self.parts.append(f"<p>{html.escape(text)}</p>")
 
+    def section(self, title: str, rows: pd.DataFrame, what: str, how: str) -> bool:
+        """A section's heading; False (with a note on what is missing and how to add it) when rows is empty."""
+        self.heading(title)
+        if rows.empty:
+            self.missing_section(what, how)
+        return not rows.empty
+
     def missing_section(self, what: str, how: str) -> None:
         self.missing.append(what)
         self.note(f"Missing: {what} — {how}")

@@ -66,6 +66,35 @@ def target_representations(ctx: BatchContext, images: BatchImages, jobs: list[Jo
         return ctx.model.representation(images.stack([j.target_index for j in jobs]))
 
 
+def run_towards_targets(ctx: BatchContext, jobs: list[Job]) -> list[dict]:
+    """Eq. 4 towards each job's target image's representation (invert, invert_sweep, pairs)."""
+    images = BatchImages(ctx, jobs)
+    return run_inversion(ctx, jobs, images, target_representations(ctx, images, jobs))
+
+
+def resolve_coordinates(ctx: BatchContext, jobs: list[Job], x0: torch.Tensor) -> torch.Tensor:
+    """Job coordinates (B,); a negative one, -1-r, means the r-th most active coordinate of R(x0)."""
+    coords = torch.tensor([job.coordinate for job in jobs])
+    if (coords < 0).any():
+        with torch.no_grad():
+            order = ctx.model.representation(x0).argsort(dim=1, descending=True).cpu()
+        rank = (-1 - coords).clamp(min=0)
+        coords = torch.where(coords < 0, order[torch.arange(len(jobs)), rank], coords)
+    return coords.to(ctx.device)
+
+
+def run_coordinates(ctx: BatchContext, jobs: list[Job], objective_for, stop: bool = False) -> list[dict]:
+    """A coordinate objective (visualize, manipulate): objective_for(model, coordinates (B,)) is the loss;
+    stop=True uses its `done` as PGD's early stop. Rows carry the coordinate's activation and rank."""
+    images = BatchImages(ctx, jobs)
+    x0 = images.starts(jobs)
+    coords = resolve_coordinates(ctx, jobs, x0)
+    objective = objective_for(ctx.model, coords)
+    result = run_pgd(ctx, jobs, objective, x0, stop_fn=objective.done if stop else None)
+    out = measure(ctx.model, result, x0, None, None)
+    return [result_row(job, out, i, images.label_of, int(coords[i])) for i, job in enumerate(jobs)]
+
+
 def result_row(job: Job, out: dict, i: int, label_of: dict[int, int], coordinate: int = -1) -> dict:
     """One results row: the job's columns, the measurements of example i, and the coordinate's activation."""
     rep = out["representation"][i]

@@ -45,9 +45,8 @@ def run(ctx: BatchContext, jobs: list[Job]) -> list[dict]:
 def report(report, rows, lookup: dict) -> None:
     from robrep.report import MAX_ROWS
 
-    report.heading("Interpolation (Fig. 12)")
-    if rows.empty:
-        report.missing_section("interpolate rows", "add a {kind: interpolate} block")
+    if not report.section("Interpolation (Fig. 12)", rows, "interpolate rows",
+                          "add a {kind: interpolate} block"):
         return
     cells, labels, lams = [], [], []
     for (model_id, target), strip in rows.groupby(["model_id", "target_index"]):

@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from robrep.kinds.base import BatchContext, ExpandContext, Job, JobKind, PGDBlockSpec
-from robrep.kinds.common import BatchImages, run_inversion, target_representations
+from robrep.kinds.base import ExpandContext, JobKind, PGDBlockSpec
+from robrep.kinds.common import run_towards_targets
 from robrep.selection import other_class_source
 
 
@@ -28,17 +28,12 @@ def expand(block: InvertSpec, ctx: ExpandContext) -> list[dict]:
             for t in ctx.indices for init in block.inits]
 
 
-def run(ctx: BatchContext, jobs: list[Job]) -> list[dict]:
-    images = BatchImages(ctx, jobs)
-    return run_inversion(ctx, jobs, images, target_representations(ctx, images, jobs))
-
 
 def report(report, rows, lookup: dict) -> None:
     from robrep.report import MAX_ROWS
 
-    report.heading("Inversion: robust vs standard (Fig. 3 and 6)")
-    if rows.empty:
-        report.missing_section("invert rows", "add a {kind: invert} block to fanout.jobs")
+    if not report.section("Inversion: robust vs standard (Fig. 3 and 6)", rows, "invert rows",
+                          "add a {kind: invert} block to fanout.jobs"):
         return
     models = sorted(rows["model_id"].unique())
     for init, caption in (("image", "Fig. 3: from a test image of another class"), ("noise", "Fig. 6: from noise")):
@@ -58,4 +53,4 @@ def report(report, rows, lookup: dict) -> None:
         report.grid(f"inversion_{init}", cells, labels, ["target", "source", *models], caption)
 
 
-KIND = JobKind("invert", InvertSpec, expand, run, report=report, tunable=True)
+KIND = JobKind("invert", InvertSpec, expand, run_towards_targets, report=report, tunable=True)

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from robrep.errors import ConfigError
-from robrep.kinds.base import BatchContext, ExpandContext, Job, JobKind, PGDBlockSpec
-from robrep.kinds.common import BatchImages, run_inversion, target_representations
+from robrep.kinds.base import ExpandContext, JobKind, PGDBlockSpec
+from robrep.kinds.common import run_towards_targets
 from robrep.kinds.invert import slot_seed
 from robrep.selection import other_class_source
 
@@ -29,15 +29,10 @@ def expand(block: InvertSweepSpec, ctx: ExpandContext) -> list[dict]:
              "eps": r, "rng_seed": slot_seed(ctx.rng_seed, t)} for t in ctx.indices for r in block.radii]
 
 
-def run(ctx: BatchContext, jobs: list[Job]) -> list[dict]:
-    images = BatchImages(ctx, jobs)
-    return run_inversion(ctx, jobs, images, target_representations(ctx, images, jobs))
-
 
 def report(report, rows, lookup: dict) -> None:
-    report.heading("Constrained inversion: rep_dist_rel against radius (Fig. 4)")
-    if rows.empty:
-        report.missing_section("invert_sweep rows", "add a {kind: invert_sweep, radii: [...]} block")
+    if not report.section("Constrained inversion: rep_dist_rel against radius (Fig. 4)", rows, "invert_sweep rows",
+                          "add a {kind: invert_sweep, radii: [...]} block"):
         return
     curve = rows.groupby(["model_id", "eps"])["rep_dist_rel"].mean().reset_index()
     robust = rows.groupby("model_id")["model_robust"].first()
@@ -48,4 +43,4 @@ def report(report, rows, lookup: dict) -> None:
     report.table(curve.pivot(index="eps", columns="model_id", values="rep_dist_rel").reset_index())
 
 
-KIND = JobKind("invert_sweep", InvertSweepSpec, expand, run, report=report, tunable=True)
+KIND = JobKind("invert_sweep", InvertSweepSpec, expand, run_towards_targets, report=report, tunable=True)

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from robrep.kinds.base import BatchContext, Job, JobKind, PGDBlockSpec
-from robrep.kinds.common import BatchImages, result_row, run_pgd
-from robrep.kinds.visualize import expand_coordinates, resolve_coordinates
+from robrep.kinds.common import run_coordinates
+from robrep.kinds.visualize import expand_coordinates
 from robrep.objectives import Manipulation
 from robrep.selection import CoordinateSpec
 
@@ -21,23 +21,14 @@ class ManipulateSpec(PGDBlockSpec):
 
 
 def run(ctx: BatchContext, jobs: list[Job]) -> list[dict]:
-    from robrep.experiments import measure
-
-    images = BatchImages(ctx, jobs)
-    x0 = images.starts(jobs)
-    coords = resolve_coordinates(ctx, jobs, x0)
-    objective = Manipulation(ctx.model, coords)
-    result = run_pgd(ctx, jobs, objective, x0, stop_fn=objective.done)
-    out = measure(ctx.model, result, x0, None, None)
-    return [result_row(job, out, i, images.label_of, int(coords[i])) for i, job in enumerate(jobs)]
+    return run_coordinates(ctx, jobs, Manipulation, stop=True)
 
 
 def report(report, rows, lookup: dict) -> None:
     from robrep.report import MAX_ROWS
 
-    report.heading("Feature manipulation (Fig. 11)")
-    if rows.empty:
-        report.missing_section("manipulate rows", "add a {kind: manipulate} block")
+    if not report.section("Feature manipulation (Fig. 11)", rows, "manipulate rows",
+                          "add a {kind: manipulate} block"):
         return
     models = sorted(rows["model_id"].unique())
     pairs = rows[["source_index", "coordinate"]].drop_duplicates().head(MAX_ROWS)

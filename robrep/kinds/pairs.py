@@ -6,8 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from robrep.kinds.base import BatchContext, ExpandContext, Job, JobKind, PGDBlockSpec
-from robrep.kinds.common import BatchImages, run_inversion, target_representations
+from robrep.kinds.base import ExpandContext, JobKind, PGDBlockSpec
+from robrep.kinds.common import run_towards_targets
 from robrep.kinds.invert import slot_seed
 from robrep.selection import other_class_source
 
@@ -22,17 +22,12 @@ def expand(block: PairsSpec, ctx: ExpandContext) -> list[dict]:
              "rng_seed": slot_seed(ctx.rng_seed, t)} for t in ctx.indices]
 
 
-def run(ctx: BatchContext, jobs: list[Job]) -> list[dict]:
-    images = BatchImages(ctx, jobs)
-    return run_inversion(ctx, jobs, images, target_representations(ctx, images, jobs))
-
 
 def report(report, rows, lookup: dict) -> None:
     from robrep.report import MAX_ROWS
 
-    report.heading("Pairs: one representation, two images (Sec. 2)")
-    if rows.empty:
-        report.missing_section("pairs rows", "add a {kind: pairs} block")
+    if not report.section("Pairs: one representation, two images (Sec. 2)", rows, "pairs rows",
+                          "add a {kind: pairs} block"):
         return
     for model_id, part in rows.groupby("model_id"):
         part = part.sort_values("target_index").head(MAX_ROWS)
@@ -44,4 +39,4 @@ def report(report, rows, lookup: dict) -> None:
                     "while it stays near the source in pixels")
 
 
-KIND = JobKind("pairs", PairsSpec, expand, run, report=report, tunable=True)
+KIND = JobKind("pairs", PairsSpec, expand, run_towards_targets, report=report, tunable=True)

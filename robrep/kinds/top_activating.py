@@ -62,9 +62,8 @@ def run(ctx: BatchContext, jobs: list[Job]) -> list[dict]:
 
 
 def report(report, rows, lookup: dict) -> None:
-    report.heading("Most and least activating images (Fig. 8)")
-    if rows.empty:
-        report.missing_section("top_activating rows", "add a {kind: top_activating} block")
+    if not report.section("Most and least activating images (Fig. 8)", rows, "top_activating rows",
+                          "add a {kind: top_activating} block"):
         return
     for model_id, part in rows.groupby("model_id"):
         cells, labels = [], []

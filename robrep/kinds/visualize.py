@@ -6,10 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
-
 from robrep.kinds.base import BatchContext, ExpandContext, Job, JobKind, PGDBlockSpec
-from robrep.kinds.common import BatchImages, result_row, run_pgd
+from robrep.kinds.common import run_coordinates
 from robrep.kinds.invert import slot_seed
 from robrep.objectives import visualization
 from robrep.selection import CoordinateSpec, select_coordinates
@@ -35,34 +33,15 @@ def expand_coordinates(block, ctx: ExpandContext) -> list[dict]:
     return jobs
 
 
-def resolve_coordinates(ctx: BatchContext, jobs: list[Job], x0: torch.Tensor) -> torch.Tensor:
-    """Job coordinates (B,); a negative one, -1-r, means the r-th most active coordinate of R(x0)."""
-    coords = torch.tensor([job.coordinate for job in jobs])
-    if (coords < 0).any():
-        with torch.no_grad():
-            order = ctx.model.representation(x0).argsort(dim=1, descending=True).cpu()
-        rank = (-1 - coords).clamp(min=0)
-        coords = torch.where(coords < 0, order[torch.arange(len(jobs)), rank], coords)
-    return coords.to(ctx.device)
-
-
 def run(ctx: BatchContext, jobs: list[Job]) -> list[dict]:
-    from robrep.experiments import measure
-
-    images = BatchImages(ctx, jobs)
-    x0 = images.starts(jobs)
-    coords = resolve_coordinates(ctx, jobs, x0)
-    result = run_pgd(ctx, jobs, visualization(ctx.model, coords), x0)
-    out = measure(ctx.model, result, x0, None, None)
-    return [result_row(job, out, i, images.label_of, int(coords[i])) for i, job in enumerate(jobs)]
+    return run_coordinates(ctx, jobs, visualization)
 
 
 def report(report, rows, lookup: dict) -> None:
     from robrep.report import MAX_ROWS
 
-    report.heading("Feature visualization (Fig. 7)")
-    if rows.empty:
-        report.missing_section("visualize rows", "add a {kind: visualize} block")
+    if not report.section("Feature visualization (Fig. 7)", rows, "visualize rows",
+                          "add a {kind: visualize} block"):
         return
     for model_id, part in rows.groupby("model_id"):
         starts = part[["init", "source_index"]].drop_duplicates().head(MAX_ROWS)
