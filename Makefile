@@ -9,11 +9,11 @@ PYTEST_ARGS ?=
 .PHONY: demo test install lint
 
 demo: $(STAMP)
-	RAY_AUTH_MODE=disabled $(PY) -m jobs.main --config $(CONFIG)
+	$(PY) -m jobs.main --config $(CONFIG)
 
 test: $(STAMP)
-	RAY_AUTH_MODE=disabled $(PY) -m ruff check .
-	RAY_AUTH_MODE=disabled $(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m ruff check .
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 install: $(STAMP)
 

@@ -14,7 +14,6 @@ one-process jobs/s (target >= 0.9): the steady state that a run of thousands of 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -23,7 +22,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from cluster.worker import run_batch  # noqa: E402
 from datasets.beton import read_info  # noqa: E402

@@ -12,7 +12,6 @@ The adversarial epoch runs an L2 PGD attack of `steps` steps per batch; theory s
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import tempfile
 import time
@@ -21,7 +20,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from datasets.beton import make_loader, read_info, write_beton  # noqa: E402
 from datasets.sources import digits  # noqa: E402

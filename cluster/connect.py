@@ -23,6 +23,20 @@ def quiet_console() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def use_token_auth() -> None:
+    """Ray's token authentication, unless the user set RAY_AUTH_MODE=disabled themselves: Ray 2.60 binds several
+    services to all interfaces whatever the node address, so the token is the guard. The token is Ray's own
+    (~/.ray/auth_token, or RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH), created on first use."""
+    from ray._private.authentication import authentication_token_setup as auth
+
+    if "RAY_AUTH_MODE" not in os.environ:
+        auth._enable_token_auth()  # sets RAY_AUTH_MODE=token and refreshes the config Ray cached at import
+    if os.environ["RAY_AUTH_MODE"] != "token" or "RAY_AUTH_TOKEN" in os.environ or "RAY_AUTH_TOKEN_PATH" in os.environ:
+        return
+    if not auth._get_default_token_path().is_file():
+        auth.generate_and_save_token()
+
+
 def connect(address: str | None, num_cpus: int | None = None, *, verbose: bool = False) -> None:
     """Join the cluster at `address` ("auto" under `ray job submit`), or start a local Ray when None.
 
@@ -31,7 +45,7 @@ def connect(address: str | None, num_cpus: int | None = None, *, verbose: bool =
     """
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    use_token_auth()
     if not verbose:
         quiet_console()
     if address is None and "RAY_ADDRESS" in os.environ:
@@ -40,6 +54,9 @@ def connect(address: str | None, num_cpus: int | None = None, *, verbose: bool =
     if address is not None:
         ray.init(address=address, log_to_driver=verbose, logging_level=logging_level)
         return
+    # The metrics agent's Prometheus exporter binds to all interfaces for any node address but 127.0.0.1 (which
+    # Ray replaces); a laptop's Ray has no Prometheus to serve, so it does not start one.
+    os.environ.setdefault("RAY_enable_metrics_collection", "0")
     ray.init(
         address="local",  # always a new local Ray; never attach to whatever cluster this machine ran last
         num_cpus=num_cpus,

@@ -133,12 +133,12 @@ def train_loop_per_worker(run: TrainRun) -> None:
     start_epoch = _restore(model, optimizer, scheduler)
     # Built after Ray set up the process group, so distributed=True gives each rank a disjoint shard.
     loader = make_loader(run.train_path, spec.batch_size // world, train=True, distributed=world > 1,
-                         seed=spec.rng_seed, augment=spec.augment, padding=spec.padding)
+                         rng_seed=spec.rng_seed, augment=spec.augment, padding=spec.padding)
     test_loader = make_loader(run.test_path, max(1, spec.batch_size // world), train=False, distributed=world > 1)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and spec.bf16
                 else contextlib.nullcontext())
     for epoch in range(start_epoch, spec.epochs):
-        loader.next_epoch = epoch  # the shuffle of epoch e is seeded by (seed, e), so a resume replays it
+        loader.next_epoch = epoch  # the shuffle of epoch e is seeded by (rng_seed, e), so a resume replays it
         model.train()
         start, seen, correct, loss_sum, batches, labels = time.time(), 0, 0, 0.0, 0, []
         for x, y in loader:

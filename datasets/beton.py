@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from robrep.errors import DataError
+from robrep.location import file_digest
 
 _TORCH_THREADS = torch.get_num_threads()  # `import ffcv` sets torch to 1 thread; restore it afterwards
 try:
@@ -76,31 +77,36 @@ def write_beton(
     tmp = path.with_name(path.name + ".tmp")
     image_field = RGBImageField(write_mode=write_mode, max_resolution=max_resolution, jpeg_quality=jpeg_quality,
                                 compress_probability=compress_probability)
-    DatasetWriter(str(tmp), {"image": image_field, "label": IntField()}, num_workers=num_workers).from_indexed_dataset(
-        source
-    )
-    first = source[0][0]
-    resolution = max(first.shape[:2]) if max_resolution is None else min(max_resolution, max(first.shape[:2]))
-    sidecar = {
-        "source": source.name,
-        "num_images": len(source),
-        "num_classes": len(source.label_names),
-        "label_names": list(source.label_names),
-        "counts_per_class": np.bincount(source.labels, minlength=len(source.label_names)).tolist(),
-        "mean": list(source.mean),
-        "std": list(source.std),
-        "resolution": int(resolution),
-        "write_mode": write_mode,
-        "max_resolution": max_resolution,
-        "jpeg_quality": jpeg_quality,
-        "augment": augment,
-        "skipped": list(source.skipped),
-        **(info or {}),
-    }
     side_tmp = sidecar_path(path).with_suffix(".json.tmp")
-    side_tmp.write_text(json.dumps(sidecar, indent=2))
-    os.replace(side_tmp, sidecar_path(path))
-    os.replace(tmp, path)
+    try:  # nothing is left behind on any error: no temp file, no orphan sidecar
+        writer = DatasetWriter(str(tmp), {"image": image_field, "label": IntField()}, num_workers=num_workers)
+        writer.from_indexed_dataset(source)
+        first = source[0][0]
+        resolution = max(first.shape[:2]) if max_resolution is None else min(max_resolution, max(first.shape[:2]))
+        sidecar = {
+            "source": source.name,
+            "num_images": len(source),
+            "num_classes": len(source.label_names),
+            "label_names": list(source.label_names),
+            "counts_per_class": np.bincount(source.labels, minlength=len(source.label_names)).tolist(),
+            "mean": list(source.mean),
+            "std": list(source.std),
+            "resolution": int(resolution),
+            "write_mode": write_mode,
+            "max_resolution": max_resolution,
+            "jpeg_quality": jpeg_quality,
+            "augment": augment,
+            "skipped": list(source.skipped),
+            **(info or {}),
+        }
+        sidecar["fingerprint"] = file_digest(tmp)  # the data's identity: part of every fan-out job id
+        sidecar["beton_size"] = tmp.stat().st_size  # read_info checks that the sidecar describes the .beton beside it
+        side_tmp.write_text(json.dumps(sidecar, indent=2))
+        os.replace(tmp, path)
+        os.replace(side_tmp, sidecar_path(path))
+    finally:
+        for leftover in (tmp, side_tmp):
+            leftover.unlink(missing_ok=True)
     return path
 
 
@@ -112,7 +118,36 @@ def read_info(path: str | Path) -> dict:
     side = sidecar_path(path)
     if not side.is_file():
         raise DataError(f"{path} has no sidecar {side.name}; rebuild the dataset with python -m jobs.build_dataset")
-    return json.loads(side.read_text())
+    try:
+        info = json.loads(side.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise DataError(f"sidecar {side} is not JSON ({e}); rebuild it with python -m jobs.build_dataset") from e
+    if not isinstance(info, dict) or not {"num_images", "num_classes", "resolution", "mean", "std"} <= set(info):
+        raise DataError(f"sidecar {side} does not describe a robrep dataset; rebuild with python -m jobs.build_dataset")
+    if "beton_size" in info and info["beton_size"] != path.stat().st_size:
+        raise DataError(f"{side} does not describe the {path.name} beside it (one of the pair was replaced or is "
+                        "being rewritten); rebuild it with python -m jobs.build_dataset, or retry once it is done")
+    _check_header(path, info["num_images"])
+    return info
+
+
+def fingerprint(path: str | Path, info: dict) -> str:
+    """The dataset's identity: the sidecar's digest of the .beton, or computed for betons built before it was kept."""
+    return info.get("fingerprint") or file_digest(path)
+
+
+def _check_header(path: Path, num_images: int) -> None:
+    """The .beton is an FFCV file of the sidecar's size: its header's version and sample count match."""
+    from ffcv.types import CURRENT_VERSION, HeaderType
+
+    if path.stat().st_size < HeaderType.itemsize:
+        raise DataError(f"{path} is too short to be a .beton; rebuild it with python -m jobs.build_dataset")
+    header = np.fromfile(path, dtype=HeaderType, count=1)[0]
+    if int(header["version"]) != CURRENT_VERSION or int(header["num_samples"]) != num_images \
+            or int(header["alloc_table_ptr"]) > path.stat().st_size:
+        raise DataError(f"{path} is not the FFCV .beton its sidecar describes (version {int(header['version'])}, "
+                        f"{int(header['num_samples'])} samples, sidecar: {num_images}); rebuild it with "
+                        "python -m jobs.build_dataset")
 
 
 def _image_pipeline(train: bool, augment: str, resolution: int, padding: int) -> list:
@@ -139,7 +174,7 @@ def make_loader(
     *,
     train: bool,
     distributed: bool = False,
-    seed: int = 0,
+    rng_seed: int = 0,
     num_workers: int = 1,
     augment: str | None = None,
     resolution: int | None = None,
@@ -166,7 +201,7 @@ def make_loader(
         order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
         drop_last=train,
         distributed=distributed,
-        seed=seed,
+        seed=rng_seed,
         indices=indices,
         pipelines={
             "image": _image_pipeline(train, augment, resolution, padding),

@@ -21,9 +21,9 @@ def load_digits_rgb(resolution: int) -> tuple[np.ndarray, np.ndarray]:
     return np.ascontiguousarray(rgb.numpy()), bunch.target.astype(np.int64)
 
 
-def split_indices(labels: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """A deterministic stratified split: the same seed gives the same (train, test) indices."""
-    rng = np.random.default_rng(seed)
+def split_indices(labels: np.ndarray, test_fraction: float, rng_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A deterministic stratified split: the same rng_seed gives the same (train, test) indices."""
+    rng = np.random.default_rng(rng_seed)
     train, test = [], []
     for c in np.unique(labels):
         idx = rng.permutation(np.flatnonzero(labels == c))

@@ -54,10 +54,15 @@ class Source:
         return image, int(self.labels[i])
 
 
+MAX_PIXELS = 100_000_000  # an image larger than this (e.g. a decompression bomb) is skipped, never decoded
+
+
 def load_rgb(path: str | Path) -> np.ndarray:
     """Decode an image file fully to (H, W, 3) uint8. Grayscale and CMYK are converted; transparency is
-    composited onto white."""
+    composited onto white. ValueError for an image of more than MAX_PIXELS pixels (before decoding it)."""
     with Image.open(path) as image:
+        if image.width * image.height > MAX_PIXELS:
+            raise ValueError(f"{image.width}x{image.height} pixels is more than {MAX_PIXELS:,}")
         image.load()
         if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
             rgba = image.convert("RGBA")
@@ -70,7 +75,7 @@ def _scan_one(path: Path) -> tuple[str | None, np.ndarray | None]:
     """(error or None, per-channel [sum, sum of squares, pixel count] in [0,1] units)."""
     try:
         pixels = load_rgb(path).reshape(-1, 3).astype(np.float64) / 255.0
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         return f"{type(e).__name__}: {e}", None
     return None, np.stack([pixels.sum(0), (pixels**2).sum(0), np.full(3, len(pixels))])
 
@@ -174,6 +179,12 @@ def _read_cifar_batch(path: Path) -> dict:
         raise DataError(f"{path} is not a CIFAR-10 python batch: {e}") from e
 
 
+def _cifar_arrays(batch) -> tuple[np.ndarray, np.ndarray]:
+    if not isinstance(batch, dict) or b"data" not in batch or b"labels" not in batch:
+        raise DataError("a CIFAR-10 batch is a dict with b'data' and b'labels'")
+    return np.asarray(batch[b"data"], dtype=np.uint8), np.asarray(batch[b"labels"], dtype=np.int64)
+
+
 def cifar10(root: str | Path, split: str) -> Source:
     """The CIFAR-10 python folder: data_batch_1..5 (train) or test_batch (test), 32x32 RGB."""
     root = Path(root)
@@ -183,17 +194,26 @@ def cifar10(root: str | Path, split: str) -> Source:
         raise DataError(f"CIFAR-10 folder {str(root)!r} does not exist")
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     batches = [_read_cifar_batch(root / n) for n in names]
-    data = np.concatenate([np.asarray(b[b"data"], dtype=np.uint8) for b in batches])  # (N, 3072), CHW planes
-    labels = np.concatenate([np.asarray(b[b"labels"], dtype=np.int64) for b in batches])
+    for name, batch in zip(names, batches, strict=True):
+        data, labels = _cifar_arrays(batch)
+        valid_labels = len(labels) == len(data) and bool(((labels >= 0) & (labels < 10)).all())
+        if data.ndim != 2 or data.shape[1] != 3072 or not valid_labels:
+            raise DataError(f"{root / name} is not a CIFAR-10 batch: data {data.shape} (want (N, 3072)), "
+                            f"{len(labels)} labels in 0..9 expected")
+    data = np.concatenate([_cifar_arrays(b)[0] for b in batches])  # (N, 3072), CHW planes
+    labels = np.concatenate([_cifar_arrays(b)[1] for b in batches])
     meta = _read_cifar_batch(root / "batches.meta")
     label_names = [n.decode() for n in meta[b"label_names"]]
     images = np.ascontiguousarray(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
     return _array_source(f"cifar10:{root}:{split}", images, labels, label_names)
 
 
-def synthetic(num_classes: int = 10, per_class: int = 20, resolution: int = 32, seed: int = 0) -> Source:
+def synthetic(num_classes: int = 10, per_class: int = 20, resolution: int = 32, rng_seed: int = 0) -> Source:
     """Deterministic class-dependent images: a colour and a stripe frequency per class, plus noise."""
-    rng = np.random.default_rng(seed)
+    if resolution < 1 or num_classes < 1 or per_class < 1:
+        raise DataError(f"synthetic needs resolution, num_classes and per_class >= 1; got {resolution}, "
+                        f"{num_classes}, {per_class}")
+    rng = np.random.default_rng(rng_seed)
     ys, xs = np.mgrid[0:resolution, 0:resolution] / resolution
     images, labels = [], []
     for c in range(num_classes):
@@ -205,17 +225,17 @@ def synthetic(num_classes: int = 10, per_class: int = 20, resolution: int = 32, 
             images.append(np.clip(image, 0, 255).astype(np.uint8))
             labels.append(c)
     return _array_source(
-        f"synthetic:{num_classes}x{per_class}@{resolution}:{seed}", np.stack(images), np.asarray(labels),
+        f"synthetic:{num_classes}x{per_class}@{resolution}:{rng_seed}", np.stack(images), np.asarray(labels),
         [f"class_{c}" for c in range(num_classes)],
     )
 
 
-def digits(resolution: int, split: str, test_fraction: float = 0.2, seed: int = 0) -> Source:
+def digits(resolution: int, split: str, test_fraction: float = 0.2, rng_seed: int = 0) -> Source:
     """scikit-learn's digits resized to `resolution`, with a deterministic stratified split."""
     from datasets.digits import LABEL_NAMES, load_digits_rgb, split_indices
 
     images, labels = load_digits_rgb(resolution)
-    train, test = split_indices(labels, test_fraction, seed)
+    train, test = split_indices(labels, test_fraction, rng_seed)
     idx = train if split == "train" else test
     return _array_source(f"digits:{split}", images[idx], labels[idx], LABEL_NAMES)
 

@@ -68,7 +68,7 @@ def build_one(spec: BuildSpec) -> Path:
     from datasets.beton import write_beton
 
     if spec.source == "digits":
-        source = sources.digits(spec.resolution, spec.split, seed=spec.rng_seed)
+        source = sources.digits(spec.resolution, spec.split, rng_seed=spec.rng_seed)
     elif spec.source == "synthetic":
         source = sources.synthetic(spec.num_classes, spec.per_class, spec.resolution, spec.rng_seed)
     elif spec.source == "cifar10":
@@ -97,5 +97,9 @@ def main(config: ExperimentConfig) -> None:
         build(config.data, force=True)
 
 
+def cli(argv: list[str] | None = None) -> None:
+    run_entry_point(main, __doc__, argv, aliases=ALIASES, config_required=False)
+
+
 if __name__ == "__main__":
-    run_entry_point(main, __doc__, aliases=ALIASES, config_required=False)
+    cli()

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from jobs.config import ExperimentConfig, load_config
-from robrep.errors import RobrepError
+from robrep.errors import ConfigError, RobrepError
 
 
 @dataclass(frozen=True)
@@ -28,9 +28,16 @@ class Alias:
     help: str = ""
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse whose mistakes are ConfigErrors: one `error:` line and exit 2, like every other bad input."""
+
+    def error(self, message: str):
+        raise ConfigError(f"{message} (see python -m {self.prog} --help)")
+
+
 def parse_args(description: str, argv: list[str], aliases: tuple[Alias, ...], config_required: bool
                ) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = _Parser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=config_required, default=None,
                         help="YAML experiment config, e.g. jobs/configs/digits.yaml")
     parser.add_argument(
@@ -67,7 +74,8 @@ def run_entry_point(main: Callable[[ExperimentConfig], None], description: str, 
         args = parse_args(description, sys.argv[1:] if argv is None else argv, aliases, config_required)
         main(config_from_args(args, aliases))
     except RobrepError as e:
-        print(f"error: {type(e).__name__}: {e}", file=sys.stderr, flush=True)
+        message = " ".join(str(e).split())  # one line, whatever the message holds
+        print(f"error: {type(e).__name__}: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
 
 

@@ -18,6 +18,7 @@ from robrep.config import from_dict, load_yaml
 from robrep.errors import ConfigError
 from robrep.kinds import KINDS
 from robrep.location import absolute, is_uri
+from robrep.names import check_name
 from robrep.plan import FanoutSpec
 from robrep.selection import IndexSpec
 from robrep.train import AttackSpec, ModelSpec
@@ -91,6 +92,7 @@ class TuneSpec:
     output: str = "runs/tune/best.yaml"  # the best config, for `jobs.fanout --from-tune`
 
     def validate(self) -> None:
+        check_name(self.model, "tune.model")
         if not 0 < self.step_size.low < self.step_size.high:
             raise ConfigError("tune.step_size needs 0 < low < high")
         if not self.steps or min(self.steps) < self.report_every or self.report_every < 1:
@@ -123,6 +125,8 @@ class EvaluateSpec:
     cpus_per_shard: float = 1.0
 
     def validate(self) -> None:
+        if self.model_id is not None:
+            check_name(self.model_id, "evaluate.model_id")
         given = [k for k in ("model", "checkpoint", "robustness_checkpoint") if getattr(self, k)]
         if len(given) != 1:
             raise ConfigError("evaluate needs exactly one of model (a model_id in the store), checkpoint (a robrep "
@@ -165,6 +169,8 @@ class BuildSpec:
             raise ConfigError("build.jpeg_quality must be within [1, 100] and compress_probability within [0, 1]")
         if is_uri(self.out):
             raise ConfigError(f"build.out={self.out!r}: FFCV writes local or NFS files; give a path, not a URI")
+        if Path(self.out).is_dir() or not self.out.endswith(".beton"):
+            raise ConfigError(f"build.out={self.out!r} must be the path of a .beton file to write, e.g. /data/x.beton")
 
 
 @dataclass(frozen=True)
@@ -182,6 +188,7 @@ class ExperimentConfig:
     build: BuildSpec | None = None
 
     def validate(self) -> None:
+        check_name(self.name, "name")
         ids = [m.model_id for m in self.train]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"train: duplicate model_id in {ids}")

@@ -22,6 +22,7 @@ from jobs.common import Alias, git_sha, run_entry_point
 from jobs.config import ExperimentConfig
 from robrep.errors import ConfigError
 from robrep.location import is_uri
+from robrep.names import check_name
 
 ALIASES = (
     Alias("--model", "evaluate.model", help="a model_id in the store"),
@@ -58,7 +59,7 @@ def table_4(rows: list[dict]) -> str:
 
 def import_model(config: ExperimentConfig, num_classes: int, dataset: str) -> tuple[Path, dict]:
     """Import a robustness-library checkpoint into robrep's format and the models table."""
-    from robrep.checkpoint import import_robustness_checkpoint, save_checkpoint
+    from robrep.checkpoint import import_robustness_checkpoint, model_digest, save_checkpoint
     from robrep.store.commit import append_rows
     from robrep.store.schema import MODELS_SCHEMA, now_utc, to_table
 
@@ -72,10 +73,11 @@ def import_model(config: ExperimentConfig, num_classes: int, dataset: str) -> tu
         raise ConfigError("the store is a URI: set storage_path (--storage-path) for the imported checkpoint")
     meta = {**meta, "model_id": spec.model_id, "dataset": dataset, "robust": None, "git_sha": git_sha()}
     save_checkpoint(checkpoint, model, meta)
+    digest = model_digest(checkpoint)
     append_rows(config.store_root, "models", to_table([{
         "model_id": spec.model_id, "arch": spec.arch, "dataset": dataset, "robust": None,
-        "checkpoint": str(checkpoint), "git_sha": git_sha(), "created_at": now_utc()}], MODELS_SCHEMA),
-        key=spec.model_id)
+        "checkpoint": str(checkpoint), "git_sha": git_sha(), "created_at": now_utc(), "digest": digest}],
+        MODELS_SCHEMA), key=f"{spec.model_id}/{digest}")
     return checkpoint, meta
 
 
@@ -113,7 +115,7 @@ def main(config: ExperimentConfig) -> None:
     checkpoint, meta = resolve_checkpoint(config, info["num_classes"], info["source"])
     if meta["num_classes"] != info["num_classes"]:
         raise ConfigError(f"the model has {meta['num_classes']} classes but {data} has {info['num_classes']}")
-    model_id = spec.model_id or meta.get("model_id") or checkpoint.name
+    model_id = check_name(spec.model_id or meta.get("model_id") or checkpoint.name, f"the model_id of {checkpoint}")
     connect(config.ray.address, config.ray.num_cpus, verbose=config.ray.verbose)
     start, attack = time.time(), spec.attack
     scores = evaluate_checkpoint(str(checkpoint), str(data), num_images, attack, shards=spec.shards,
@@ -127,5 +129,9 @@ def main(config: ExperimentConfig) -> None:
     print(table_4([row]), flush=True)
 
 
+def cli(argv: list[str] | None = None) -> None:
+    run_entry_point(main, __doc__, argv, aliases=ALIASES, config_required=False)
+
+
 if __name__ == "__main__":
-    run_entry_point(main, __doc__, aliases=ALIASES, config_required=False)
+    cli()

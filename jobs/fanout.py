@@ -18,22 +18,24 @@ from robrep.config import to_plain
 from robrep.errors import ConfigError
 from robrep.kinds import get_kind
 from robrep.kinds.base import Job
+from robrep.location import redact, redact_all
 from robrep.plan import SplitRef, pack, plan_jobs, resolve_model
 from robrep.store import committed_job_ids, read_table
 from robrep.store.commit import append_rows, commit_rows, write_manifest
+from robrep.store.lease import StoreLease
 from robrep.store.schema import FAILURES_SCHEMA, IMAGES_SCHEMA, now_utc, to_table
 
 
 def plan(config: ExperimentConfig) -> list[Job]:
     """Validate the fan-out against the store and data, and expand it: every error comes before any job runs."""
-    from datasets.beton import read_info, read_labels
+    from datasets.beton import fingerprint, read_info, read_labels
 
     if config.fanout is None:
         raise ConfigError("this config has no fanout section")
     path = config.data.path(config.fanout.split)
     info = read_info(path)
     split = SplitRef(config.data.source, config.fanout.split, str(path), (3, info["resolution"], info["resolution"]),
-                     info["num_classes"])
+                     info["num_classes"], fingerprint(path, info))
     models = {name: resolve_model(config.store_root, name, info["num_classes"]) for name in config.fanout.models}
     return plan_jobs(config.fanout, models, split, read_labels(path))
 
@@ -60,12 +62,20 @@ def store_images(root: str, jobs: list[Job]) -> int:
 
 
 def run_fanout(config: ExperimentConfig, jobs: list[Job] | None = None) -> dict:
-    """Skip committed jobs, run the rest through the pool, commit parts, write the manifest."""
+    """Take the store's writer lease, skip committed jobs, run the rest through the pool, commit parts (and
+    failures) batch by batch, write the manifest last."""
+    fan, root = config.fanout, config.store_root
+    jobs = plan(config) if jobs is None else jobs
+    run_id = uuid.uuid4().hex[:12]
+    with StoreLease(root, run_id, wait=fan.wait_for_lease):
+        return _run(config, jobs, run_id)
+
+
+def _run(config: ExperimentConfig, jobs: list[Job], run_id: str) -> dict:
     from cluster.pool import run_pool
     from cluster.worker import run_batch
 
     fan, root = config.fanout, config.store_root
-    jobs = plan(config) if jobs is None else jobs
     store_images(root, jobs)
     tables = {get_kind(j.kind).table for j in jobs}
     done = set().union(*(committed_job_ids(root, table) for table in tables))
@@ -73,7 +83,7 @@ def run_fanout(config: ExperimentConfig, jobs: list[Job] | None = None) -> dict:
     batches = pack(todo, fan.batch_size)
     print(f"[fanout] {len(jobs)} jobs, {len(jobs) - len(todo)} already in the store, {len(todo)} to run in "
           f"{len(batches)} batches; cost ~{sum(j.steps for j in todo):,} image-steps", flush=True)
-    run_id, sha = uuid.uuid4().hex[:12], git_sha()
+    sha = git_sha()
     failures: list[dict] = []
 
     def on_done(batch: list[Job], rows: list[dict]) -> None:
@@ -82,9 +92,12 @@ def run_fanout(config: ExperimentConfig, jobs: list[Job] | None = None) -> dict:
         commit_rows(root, get_kind(batch[0].kind).table, rows, [j.job_id for j in batch])
 
     def on_error(batch: list[Job], error: BaseException) -> None:
+        """Committed at once, per batch: a run stopped later keeps the record."""
         message = f"{type(error).__name__}: {error}"[:2000]
-        failures.extend({"run_id": run_id, "job_id": j.job_id, "kind": j.kind, "model_id": j.model_id,
-                         "error": message, "created_at": now_utc()} for j in batch)
+        rows = [{"run_id": run_id, "job_id": j.job_id, "kind": j.kind, "model_id": j.model_id, "error": message,
+                 "created_at": now_utc()} for j in batch]
+        append_rows(root, "failures", to_table(rows, FAILURES_SCHEMA), key=f"{run_id}/{batch[0].job_id}")
+        failures.extend(rows)
 
     start = time.time()
     if batches:
@@ -92,12 +105,11 @@ def run_fanout(config: ExperimentConfig, jobs: list[Job] | None = None) -> dict:
                  gpus_per_worker=fan.gpus_per_worker, max_in_flight=fan.max_in_flight, on_done=on_done,
                  on_error=on_error, max_retries=fan.max_retries)
     if failures:
-        append_rows(root, "failures", to_table(failures, FAILURES_SCHEMA), key=run_id)
-        print(f"[fanout] {len(failures)} jobs failed; see {root}/failures (first: {failures[0]['error'][:300]})",
-              flush=True)
+        print(f"[fanout] {len(failures)} jobs failed; see {redact(root)}/failures (first: "
+              f"{failures[0]['error'][:300]})", flush=True)
     manifest = {"run_id": run_id, "git_sha": sha, "jobs": len(jobs), "skipped": len(jobs) - len(todo),
                 "ran": len(todo) - len(failures), "failed": len(failures), "seconds": time.time() - start,
-                "finished_at": now_utc().isoformat(), "config": to_plain(config)}
+                "finished_at": now_utc().isoformat(), "config": redact_all(to_plain(config))}
     write_manifest(root, run_id, manifest)
     return manifest
 
@@ -106,13 +118,19 @@ def main(config: ExperimentConfig) -> None:
     from cluster.connect import connect
 
     jobs = plan(config)  # bad kinds, indices, models and data fail here, before Ray starts
-    connect(config.ray.address, config.ray.num_cpus, verbose=config.ray.verbose)
-    manifest = run_fanout(config, jobs)
+    run_id = uuid.uuid4().hex[:12]
+    with StoreLease(config.store_root, run_id, wait=config.fanout.wait_for_lease):  # so does a second driver
+        connect(config.ray.address, config.ray.num_cpus, verbose=config.ray.verbose)
+        manifest = _run(config, jobs, run_id)
     print(f"[fanout] {manifest['ran']} ran, {manifest['skipped']} skipped, {manifest['failed']} failed in "
           f"{manifest['seconds']:.0f}s; manifest {manifest['run_id']}", flush=True)
     if manifest["failed"]:
         raise SystemExit(1)
 
 
+def cli(argv: list[str] | None = None) -> None:
+    run_entry_point(main, __doc__, argv)
+
+
 if __name__ == "__main__":
-    run_entry_point(main, __doc__)
+    cli()

@@ -17,6 +17,7 @@ from jobs.common import run_entry_point
 from jobs.config import ExperimentConfig
 from jobs.fanout import run_fanout
 from jobs.train import train_all
+from robrep.location import redact
 from robrep.report import build_report, summary_table
 from robrep.store import read_table
 
@@ -34,12 +35,16 @@ def main(config: ExperimentConfig) -> None:
     run_fanout(config)
     table = summary_table(read_table(config.store_root, "models"), read_table(config.store_root, "results"))
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
-        print(f"\n== summary (store: {config.store_root}) ==")
+        print(f"\n== summary (store: {redact(config.store_root)}) ==")
         print(table.to_string(index=False))
     report = build_report(config.store_root, config.report_root)
     print(f"\n[main] report: {report.path} ({len(report.figures)} figures)")
     print(f"[main] done in {time.time() - start:.0f}s", flush=True)
 
 
+def cli(argv: list[str] | None = None) -> None:
+    run_entry_point(main, __doc__, argv)
+
+
 if __name__ == "__main__":
-    run_entry_point(main, __doc__)
+    cli()

@@ -26,5 +26,9 @@ def main(config: ExperimentConfig) -> None:
     print(f"[report] {len(report.figures)} figures, {len(report.missing)} sections missing: {report.path}", flush=True)
 
 
+def cli(argv: list[str] | None = None) -> None:
+    run_entry_point(main, __doc__, argv, aliases=ALIASES, config_required=False)
+
+
 if __name__ == "__main__":
-    run_entry_point(main, __doc__, aliases=ALIASES, config_required=False)
+    cli()

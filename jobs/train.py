@@ -18,7 +18,7 @@ import torch
 
 from jobs.common import git_sha, run_entry_point
 from jobs.config import ExperimentConfig
-from robrep.checkpoint import read_meta, save_checkpoint
+from robrep.checkpoint import model_digest, read_meta, save_checkpoint
 from robrep.errors import CheckpointError, DataError
 from robrep.models import create_model
 from robrep.store import find_model, read_table
@@ -123,6 +123,7 @@ def train_one(config: ExperimentConfig, spec: ModelSpec) -> dict:
         "adv_acc": last["adv_acc"], "adv_eps": spec.eval_attack.eps if spec.eval_attack else None,
         "adv_steps": spec.eval_attack.steps if spec.eval_attack else None, "epochs": meta["epochs"],
         "seconds": seconds, "checkpoint": str(checkpoint), "git_sha": meta["git_sha"], "created_at": now_utc(),
+        "digest": model_digest(checkpoint),
     }
 
 
@@ -135,7 +136,7 @@ def train_all(config: ExperimentConfig) -> None:
         print(f"[train] {spec.model_id}: {kind} {spec.arch}, {spec.epochs} epochs, {spec.num_workers} workers",
               flush=True)
         row = train_one(config, spec)
-        append_rows(config.store_root, "models", to_table([row], MODELS_SCHEMA), key=spec.model_id)
+        append_rows(config.store_root, "models", to_table([row], MODELS_SCHEMA), key=f"{spec.model_id}/{row['digest']}")
         print(
             f"[train] {spec.model_id}: clean {row['clean_acc']:.4f}, adversarial {row['adv_acc']:.4f} "
             f"(eps {row['adv_eps']}), {row['seconds']:.0f}s",
@@ -153,5 +154,9 @@ def main(config: ExperimentConfig) -> None:
     train_all(config)
 
 
+def cli(argv: list[str] | None = None) -> None:
+    run_entry_point(main, __doc__, argv)
+
+
 if __name__ == "__main__":
-    run_entry_point(main, __doc__)
+    cli()

@@ -74,5 +74,9 @@ def main(config: ExperimentConfig) -> None:
           flush=True)
 
 
+def cli(argv: list[str] | None = None) -> None:
+    run_entry_point(main, __doc__, argv)
+
+
 if __name__ == "__main__":
-    run_entry_point(main, __doc__)
+    cli()

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from robrep.errors import CheckpointError, ConfigError
+from robrep.location import file_digest
 from robrep.models import create_model
 
 REQUIRED_META = ("arch", "num_classes", "mean", "std")
@@ -28,11 +29,17 @@ def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict) -> Path
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     tmp = directory / "model.pt.tmp"
     torch.save(state, tmp)
+    meta = {**meta, "digest": file_digest(tmp)}  # the weights' identity: part of every fan-out job id
     os.replace(tmp, directory / "model.pt")
     tmp = directory / "meta.json.tmp"
     tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
     os.replace(tmp, directory / "meta.json")
     return directory
+
+
+def model_digest(directory: str | Path) -> str:
+    """The digest of a checkpoint's weights: from meta.json, or computed for checkpoints saved before it was kept."""
+    return read_meta(directory).get("digest") or file_digest(Path(directory) / "model.pt")
 
 
 def read_meta(directory: str | Path) -> dict:
@@ -65,6 +72,9 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> tuple[n
     weights = Path(directory) / "model.pt"
     if not weights.is_file():
         raise CheckpointError(f"no weights at {weights}")
+    if "digest" in meta and file_digest(weights) != meta["digest"]:
+        raise CheckpointError(f"{weights} is not the file its meta.json describes (digest mismatch): it was "
+                              "changed or half-copied; copy or save the checkpoint again")
     try:
         state = torch.load(weights, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for corrupt/unsafe files

@@ -14,6 +14,7 @@ import yaml
 from robrep.errors import ConfigError
 
 T = TypeVar("T")
+MAX_SEED = 2**32  # every rng_seed; derived seeds (one per image slot) must still fit int64
 
 
 def from_dict(cls: type[T], data: Any, where: str = "") -> T:
@@ -36,6 +37,8 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
             if dataclasses.is_dataclass(default) and isinstance(value, dict):
                 value = {**shallow_dict(default), **value}  # a partial section keeps the other defaults
             kwargs[name] = _convert(hints[name], value, key)
+            if name == "rng_seed" and not 0 <= kwargs[name] < MAX_SEED:
+                raise ConfigError(f"{key}={kwargs[name]} must be within [0, {MAX_SEED}) (2**32)")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required config key {key!r}")
     obj = cls(**kwargs)
@@ -74,6 +77,8 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {value!r}")
+        if not -(2**63) <= value < 2**63:
+            raise ConfigError(f"{key}={value} does not fit a 64-bit integer")
         return value
     if tp is bool and not isinstance(value, bool):
         raise ConfigError(f"{key}: expected true or false, got {value!r}")
@@ -112,6 +117,13 @@ def _child(node: Any, part: str, dotted: str) -> tuple[Any, Any]:
     raise ConfigError(f"--set {dotted}: {part!r} is inside a value, not a section of this config")
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML error in one line: what is wrong and where."""
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    mark = getattr(error, "problem_mark", None)
+    return f"{problem} at line {mark.line + 1}, column {mark.column + 1}" if mark else problem
+
+
 def set_value(data: dict, dotted: str, value: Any) -> None:
     """data[a][b][c] = value for dotted "a.b.c", creating missing sections (unknown keys are still errors
     when the config is built)."""
@@ -135,8 +147,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
         try:
             value = yaml.safe_load(raw)
         except yaml.YAMLError as e:
-            problem = str(e).splitlines()[0]
-            raise ConfigError(f"--set {dotted}: {raw!r} is not a YAML value ({problem}); quote strings") from e
+            raise ConfigError(f"--set {dotted}: {raw!r} is not a YAML value ({yaml_problem(e)}); quote strings") from e
         set_value(data, dotted, value)
     return data
 
@@ -151,7 +162,7 @@ def load_yaml(path: str | Path, overrides: list[str] = ()) -> dict:
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({e.reason}); save it as UTF-8") from e
     except yaml.YAMLError as e:
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {e}") from e
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML: {yaml_problem(e)}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, not {type(data).__name__}")
     return apply_overrides(data, list(overrides))

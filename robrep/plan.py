@@ -11,11 +11,12 @@ from typing import Literal
 import numpy as np
 import torch
 
-from robrep.checkpoint import model_from_meta, read_meta
+from robrep.checkpoint import model_digest, model_from_meta, read_meta
 from robrep.errors import ConfigError
 from robrep.kinds import get_kind
 from robrep.kinds.base import BlockSpec, ExpandContext, Job
 from robrep.kinds.invert import InvertSpec
+from robrep.names import check_name
 from robrep.selection import IndexSpec, select_indices
 from robrep.store import find_model
 
@@ -37,6 +38,7 @@ class FanoutSpec:
     cpus_per_worker: float = 1.0
     gpus_per_worker: float = 0.0  # fractional GPUs are fine, e.g. 0.25 puts four workers on a GPU
     max_retries: int = 3  # a batch whose worker dies is retried this often
+    wait_for_lease: bool = False  # another driver holds the store's writer lease: queue behind it, not fail
 
     def validate(self) -> None:
         if not self.models:
@@ -61,6 +63,7 @@ class ModelRef:
     robust: bool
     eps: float
     representation_dim: int
+    digest: str  # of its weights
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,7 @@ class SplitRef:
     path: str
     image_shape: tuple[int, int, int]
     num_classes: int
+    fingerprint: str  # of the .beton
 
 
 def resolve_model(store: str, name: str, num_classes: int) -> ModelRef:
@@ -83,8 +87,9 @@ def resolve_model(store: str, name: str, num_classes: int) -> ModelRef:
                 f"fanout.models: {name!r} is not in the store's models table at {store}/models nor a checkpoint "
                 "folder; train it with python -m jobs.train")
         meta = read_meta(name)
-        row = {"model_id": meta.get("model_id") or Path(name).name, "checkpoint": str(Path(name).resolve()),
-               "robust": meta.get("robust"), "eps": meta.get("eps")}
+        model_id = check_name(meta.get("model_id") or Path(name).name, f"the model_id of checkpoint {name}")
+        row = {"model_id": model_id, "checkpoint": str(Path(name).resolve()), "robust": meta.get("robust"),
+               "eps": meta.get("eps")}
     meta = read_meta(row["checkpoint"])  # CheckpointError if the files are gone
     if meta["num_classes"] != num_classes:
         raise ConfigError(f"model {name!r} has {meta['num_classes']} classes but the split has {num_classes}: "
@@ -92,7 +97,7 @@ def resolve_model(store: str, name: str, num_classes: int) -> ModelRef:
     with torch.device("meta"):
         dim = model_from_meta(meta).representation_dim
     return ModelRef(row["model_id"], str(row["checkpoint"]), bool(row.get("robust")), float(row.get("eps") or 0.0),
-                    dim)
+                    dim, model_digest(row["checkpoint"]))
 
 
 def expand_block(block: BlockSpec, fan: FanoutSpec, model: ModelRef, split: SplitRef, labels: np.ndarray
@@ -101,7 +106,8 @@ def expand_block(block: BlockSpec, fan: FanoutSpec, model: ModelRef, split: Spli
     ctx = ExpandContext(select_indices(block.indices or fan.indices, labels), labels, model.representation_dim,
                         fan.rng_seed)
     pgd = {f: getattr(block, f) for f in ("constraint", "eps", "step_size", "steps") if hasattr(block, f)}
-    common = Job(kind=block.kind, model_id=model.model_id, dataset=split.dataset, split=split.split, **pgd,
+    common = Job(kind=block.kind, model_id=model.model_id, dataset=split.dataset, split=split.split,
+                 model_digest=model.digest, dataset_fingerprint=split.fingerprint, **pgd,
                  store_representation=block.store_representation, checkpoint=model.checkpoint,
                  dataset_path=split.path, image_shape=split.image_shape, model_robust=model.robust,
                  model_eps=model.eps)

@@ -15,6 +15,7 @@ import pandas as pd
 
 from robrep.figures import labelled_grid, line_chart
 from robrep.kinds import KINDS
+from robrep.location import redact
 from robrep.store import read_table
 
 MAX_ROWS = 6  # figure rows per model
@@ -143,5 +144,5 @@ def build_report(store: str, out: str | Path, title: str | None = None) -> Repor
         if kind.report is not None:
             kind.report(report, results[results["kind"] == kind.name], lookup)
     _summary(report, results, models, read_table(store, "tune_trials"))
-    report.write(title or f"robrep report: {store}")
+    report.write(title or f"robrep report: {redact(store)}")
     return report

@@ -19,6 +19,12 @@ class IndexSpec:
     values: tuple[int, ...] = ()
     rng_seed: int = 0  # random, per_class
 
+    def validate(self) -> None:
+        if self.mode == "list" and not self.values:
+            raise ConfigError("indices mode list needs values: [i, j, ...]")
+        if self.mode != "list" and self.n < 1:
+            raise ConfigError(f"indices.n={self.n} must be >= 1")
+
 
 @dataclass(frozen=True)
 class CoordinateSpec:
@@ -28,6 +34,12 @@ class CoordinateSpec:
     n: int = 4
     values: tuple[int, ...] = ()
     rng_seed: int = 0  # random
+
+    def validate(self) -> None:
+        if self.mode == "list" and not self.values:
+            raise ConfigError("coordinates mode list needs values: [i, j, ...]")
+        if self.mode != "list" and self.n < 1:
+            raise ConfigError(f"coordinates.n={self.n} must be >= 1")
 
 
 def select_indices(spec: IndexSpec, labels: np.ndarray) -> list[int]:
@@ -59,8 +71,10 @@ def select_coordinates(spec: CoordinateSpec, dim: int) -> list[int]:
         if bad:
             raise ConfigError(f"coordinates {bad[:5]} out of range: the representation has {dim} coordinates")
         return list(spec.values)
+    if spec.n > dim:
+        raise ConfigError(f"coordinates n={spec.n} is more than the representation's {dim} coordinates")
     if spec.mode == "random":
-        return sorted(np.random.default_rng(spec.rng_seed).choice(dim, min(spec.n, dim), replace=False).tolist())
+        return sorted(np.random.default_rng(spec.rng_seed).choice(dim, spec.n, replace=False).tolist())
     return [-1 - r for r in range(spec.n)]
 
 

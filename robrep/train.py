@@ -14,6 +14,7 @@ from torch import nn
 
 from robrep.errors import ConfigError
 from robrep.models import list_models
+from robrep.names import check_name
 from robrep.objectives import untargeted_ce_loss
 from robrep.pgd import pgd
 
@@ -78,6 +79,7 @@ class ModelSpec:
     audit: bool = False  # each rank records its labels, pid and weight hash per epoch under <storage>/audit
 
     def validate(self) -> None:
+        check_name(self.model_id, "train.model_id")
         if self.arch not in list_models():
             raise ConfigError(f"train.model_id={self.model_id}: unknown arch {self.arch!r}; known: {list_models()}")
         for key in ("epochs", "batch_size", "num_workers", "width"):

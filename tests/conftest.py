@@ -8,7 +8,13 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = "jobs/configs/digits_smoke.yaml"
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+
+def pytest_configure(config):
+    """Ray's token authentication on, as for users: RAY_AUTH_MODE=token and a token in ~/.ray (made once)."""
+    from cluster.connect import use_token_auth
+
+    use_token_auth()
 
 
 @pytest.fixture(autouse=True)
@@ -28,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
 
 def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
     """Run `python -m module args` from the repo root, as a user would; returns the finished process."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout

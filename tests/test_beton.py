@@ -14,7 +14,7 @@ pytestmark = pytest.mark.ffcv
 
 def test_digits_round_trip_labels_and_pixels(tmp_path):
     images, labels = load_digits_rgb(16)
-    train, test = split_indices(labels, 0.2, seed=0)
+    train, test = split_indices(labels, 0.2, rng_seed=0)
     assert len(set(train) & set(test)) == 0 and len(train) + len(test) == len(labels) == 1797
     path = write_beton(tmp_path / "test.beton", _array_source("digits", images[test], labels[test], list("0123456789")))
     x, y = read_all(path)
@@ -30,7 +30,7 @@ def test_digits_round_trip_labels_and_pixels(tmp_path):
 def test_train_loader_shuffles_and_drops_last(tmp_path):
     images, labels = load_digits_rgb(16)
     path = write_beton(tmp_path / "d.beton", _array_source("digits", images[:100], labels[:100], list("0123456789")))
-    loader = make_loader(path, 32, train=True, seed=1)
+    loader = make_loader(path, 32, train=True, rng_seed=1)
     batches = [y.clone() for _, y in loader]
     assert [len(b) for b in batches] == [32, 32, 32]
     assert not torch.equal(torch.cat(batches), torch.from_numpy(labels[:96]))

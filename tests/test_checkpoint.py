@@ -76,11 +76,29 @@ def load_in_a_child(fn: str, path) -> str:
     return proc.stdout
 
 
+def match_digest(folder) -> None:
+    from robrep.location import file_digest
+
+    meta = json.loads((folder / "meta.json").read_text())
+    meta["digest"] = file_digest(folder / "model.pt")
+    (folder / "meta.json").write_text(json.dumps(meta))
+
+
+def test_a_changed_weights_file_is_refused(tmp_path):
+    model = create_model("small_cnn", 10, META["mean"], META["std"], width=8)
+    save_checkpoint(tmp_path / "m", model, META)
+    other = create_model("small_cnn", 10, META["mean"], META["std"], width=8)
+    torch.save(other.state_dict(), tmp_path / "m" / "model.pt")
+    with pytest.raises(CheckpointError, match="digest mismatch"):
+        load_checkpoint(tmp_path / "m")
+
+
 def test_pickled_code_in_a_checkpoint_never_runs(tmp_path):
     model = create_model("small_cnn", 10, META["mean"], META["std"], width=8)
     save_checkpoint(tmp_path / "m", model, META)
     marker = tmp_path / "pwned"
     torch.save({"weight": Payload(marker)}, tmp_path / "m" / "model.pt")
+    match_digest(tmp_path / "m")  # whoever can write model.pt can write meta.json: weights_only is the guard
     out = load_in_a_child("load_checkpoint", tmp_path / "m")
     assert "refused: cannot read" in out and not marker.exists()
 
@@ -96,6 +114,7 @@ def test_a_module_object_is_not_a_state_dict(tmp_path):
     model = create_model("small_cnn", 10, META["mean"], META["std"], width=8)
     save_checkpoint(tmp_path / "m", model, META)
     torch.save({"evil": torch.nn.ReLU()}, tmp_path / "m" / "model.pt")
+    match_digest(tmp_path / "m")
     with pytest.raises(CheckpointError, match="cannot read"):
         load_checkpoint(tmp_path / "m")
 

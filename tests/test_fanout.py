@@ -99,7 +99,7 @@ def test_index_selection_modes():
 def run_fanout_cli(config: dict, tmp: Path, **popen) -> subprocess.Popen:
     path = tmp / f"fanout-{time.time_ns()}.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen([sys.executable, "-m", "jobs.fanout", "--config", str(path)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **popen)

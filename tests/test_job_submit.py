@@ -28,7 +28,7 @@ def free_port() -> int:
 def ray_head(tmp_path):
     """`ray start --head --block` in its own process group: killing the group stops this head only."""
     bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": bin_dir + os.pathsep + os.environ["PATH"]}
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}  # token auth, as everywhere
     env.pop("RAY_ADDRESS", None)
     gcs_port, dash_port = free_port(), free_port()
     head = subprocess.Popen(

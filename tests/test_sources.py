@@ -152,7 +152,7 @@ def test_restricted_imagenet_maps_203_classes_to_9(tmp_path):
 
 def _read_shard(rank, path, init_file, out_dir):
     torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    labels = [y.clone() for _, y in make_loader(path, 8, train=True, distributed=True, seed=3)]
+    labels = [y.clone() for _, y in make_loader(path, 8, train=True, distributed=True, rng_seed=3)]
     torch.save(torch.cat(labels), f"{out_dir}/rank{rank}.pt")
     torch.distributed.destroy_process_group()
 

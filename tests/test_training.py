@@ -75,7 +75,7 @@ def test_two_nodes_read_disjoint_data_and_end_with_identical_weights(tmp_path):
 def start_training(tmp: Path, config: dict) -> subprocess.Popen:
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("RAY_ADDRESS", None)
     subprocess.run([sys.executable, "-m", "jobs.build_dataset", "--config", str(path)], cwd=REPO, env=env, check=True,
                    capture_output=True)

@@ -71,6 +71,8 @@ class Job:
     model_id: str
     dataset: str
     split: str
+    model_digest: str = ""  # the weights (robrep.checkpoint.model_digest): a retrained model gets new job ids
+    dataset_fingerprint: str = ""  # the .beton (datasets.beton.fingerprint): so does a rebuilt dataset
     target_index: int = -1  # -1 = none
     source_index: int = -1
     init: str | None = None  # noise, gray, image, interp (PGD kinds)
@@ -102,7 +104,8 @@ class Job:
     def columns(self) -> dict:
         """The job's own columns of a result row."""
         names = ("kind", "model_id", "dataset", "split", "target_index", "source_index", "init", "rng_seed",
-                 "constraint", "eps", "step_size", "steps", "coordinate", "lam", "job_id", "model_robust", "model_eps")
+                 "constraint", "eps", "step_size", "steps", "coordinate", "lam", "job_id", "model_robust", "model_eps",
+                 "model_digest", "dataset_fingerprint")
         return {name: getattr(self, name) for name in names}
 
 

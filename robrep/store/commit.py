@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import uuid
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from robrep.location import filesystem
+from robrep.names import check_name
 from robrep.store.schema import PARTITIONS, TABLES, to_table
 
 
@@ -26,24 +29,53 @@ def part_name(job_ids: list[str]) -> str:
     return f"part-{digest}.parquet"
 
 
-def commit_part(root: str | Path, table_name: str, table: pa.Table, partition: dict[str, str], name: str) -> str:
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def commit_part(root: str | Path, table_name: str, table: pa.Table, partition: dict[str, str], name: str,
+                durable: bool = True) -> str:
     """Write `table` as <root>/<table_name>/<k=v>/.../<name>, atomically. Partition columns are dropped
-    from the file; readers get them back from the folder names."""
+    from the file; readers get them back from the folder names.
+
+    On a local or NFS disk, durable=True fsyncs the part before the rename and its folder after it, so a power
+    loss leaves the old state or the new one, never a truncated part. Object stores make a PUT durable.
+    """
     fs, base = filesystem(root)
-    folder = "/".join([base, table_name, *(f"{k}={v}" for k, v in partition.items())])
-    fs.create_dir(folder, recursive=True)
+    folder = "/".join([base, table_name, *(f"{k}={check_name(v, k)}" for k, v in partition.items())])
     table = table.drop_columns([k for k in partition if k in table.column_names])
     tmp, final = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp", f"{folder}/{name}"
-    pq.write_table(table, tmp, filesystem=fs)
-    fs.move(tmp, final)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        fs.create_dir(folder, recursive=True)
+        pq.write_table(table, tmp, filesystem=fs)
+        fs.move(tmp, final)
+        return final
+    created = not os.path.isdir(folder)
+    os.makedirs(folder, exist_ok=True)
+    with open(tmp, "wb") as out:
+        pq.write_table(table, out)
+        if durable:
+            out.flush()
+            os.fsync(out.fileno())
+    os.replace(tmp, final)
+    if durable:
+        _fsync_dir(folder)
+        if created:  # the new folder's own entry
+            _fsync_dir(os.path.dirname(folder))
     return final
 
 
-def commit_rows(root: str | Path, table_name: str, rows: list[dict], job_ids: list[str]) -> str:
+def commit_rows(root: str | Path, table_name: str, rows: list[dict], job_ids: list[str], durable: bool = True
+                ) -> str:
     """Commit one batch's rows to a partitioned table (results, representations), named after its job ids.
     Every row of a batch shares the partition values (one kind, one model)."""
     partition = {column: rows[0][column] for column in PARTITIONS[table_name]}
-    return commit_part(root, table_name, to_table(rows, TABLES[table_name]), partition, part_name(job_ids))
+    return commit_part(root, table_name, to_table(rows, TABLES[table_name]), partition, part_name(job_ids),
+                       durable)
 
 
 def append_rows(root: str | Path, table_name: str, table: pa.Table, key: str) -> str:

@@ -5,15 +5,76 @@ Pure pyarrow/pandas: usable from a notebook, a Ray worker or an entry point alik
 
 from __future__ import annotations
 
+import contextlib
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from robrep.location import filesystem
-from robrep.store.schema import TABLES
+from robrep.location import filesystem, redact
+from robrep.store.schema import PARTITIONS, QUARANTINE, ROW_KEYS, TABLES
+
+
+@dataclass
+class TableScan:
+    """The files of one table: the part files that read, and the ones that must not be read (why)."""
+
+    folder: str
+    parts: list[str] = field(default_factory=list)
+    damaged: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    temporary: list[str] = field(default_factory=list)  # hidden temp files of an unfinished or killed commit
+
+
+def _expected_schema(table: str) -> pa.Schema:
+    partitions = PARTITIONS.get(table, ())
+    schema = TABLES[table]
+    return pa.schema([f for f in schema if f.name not in partitions])
+
+
+def scan_table(root: str | Path, table: str) -> TableScan:
+    """Every file under <root>/<table>: part files whose footer reads and whose columns are the table's,
+    and the rest (a truncated part, a stray file, a foreign Parquet file) with the reason."""
+    fs, base = filesystem(root)
+    scan = TableScan(f"{base}/{table}")
+    if fs.get_file_info(scan.folder).type == pafs.FileType.NotFound:
+        return scan
+    expected = _expected_schema(table)
+    for info in fs.get_file_info(pafs.FileSelector(scan.folder, recursive=True)):
+        if info.type != pafs.FileType.File:
+            continue
+        if info.base_name.startswith("."):
+            scan.temporary.append(info.path)
+            continue
+        if not (info.base_name.startswith("part-") and info.base_name.endswith(".parquet")):
+            scan.damaged.append((info.path, "not a part file of this table"))
+            continue
+        try:
+            schema = pq.read_schema(info.path, filesystem=fs)
+        except (pa.ArrowInvalid, OSError) as e:
+            scan.damaged.append((info.path, f"unreadable: {e}"))
+            continue
+        strangers = [f.name for f in schema if f.name not in expected.names or expected.field(f.name).type != f.type]
+        if strangers:  # columns a part of an older version lacks read as null; foreign or mistyped ones do not
+            scan.damaged.append((info.path, f"columns {strangers[:5]} are not this table's"))
+            continue
+        scan.parts.append(info.path)
+    return scan
+
+
+def quarantine(root: str | Path, path: str, reason: str) -> str:
+    """Move one file to <root>/_quarantine/<its path in the store>, with a warning on stderr; returns where."""
+    fs, base = filesystem(root)
+    target = f"{base}/{QUARANTINE}/{path[len(base) + 1:]}"
+    fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+    fs.move(path, target)
+    print(f"[store] warning: moved {redact(path)} to {QUARANTINE}/ ({reason}); its rows, if any, will be computed "
+          "again by the next run", file=sys.stderr, flush=True)
+    return target
 
 
 def read_table(root: str | Path, table: str, filters: list | None = None, columns: list[str] | None = None
@@ -21,22 +82,34 @@ def read_table(root: str | Path, table: str, filters: list | None = None, column
     """One store table as a DataFrame (empty, with the right columns, when nothing is there).
 
     filters: pandas/pyarrow style, e.g. [("kind", "=", "invert"), ("model_id", "in", ["a", "b"])].
-    Partition columns (kind, model_id of `results`) come back as plain strings.
+    Partition columns (kind, model_id) come back as the strings they were written as. A damaged or foreign
+    file is moved to the quarantine with a warning instead of failing the read; a row key that is on disk
+    twice gives one row (the latest).
     """
     if table not in TABLES:
         raise ValueError(f"unknown store table {table!r}; known: {sorted(TABLES)}")
-    fs, base = filesystem(root)
-    folder = f"{base}/{table}"
-    if fs.get_file_info(folder).type == pafs.FileType.NotFound:
+    fs, _ = filesystem(root)
+    scan = scan_table(root, table)
+    for path, reason in scan.damaged:
+        with contextlib.suppress(FileNotFoundError):  # another reader moved it first
+            quarantine(root, path, reason)
+    if not scan.parts:
         frame = TABLES[table].empty_table().to_pandas()
         return frame[columns] if columns else frame
-    dataset = pads.dataset(folder, filesystem=fs, format="parquet", partitioning="hive")
+    # Partition values are strings, read back exactly as written: no type guessing (model_id 007 stays "007").
+    partitioning = pads.HivePartitioning(pa.schema([(c, pa.string()) for c in PARTITIONS.get(table, ())]),
+                                         segment_encoding="none")
+    dataset = pads.dataset(scan.parts, schema=TABLES[table], filesystem=fs, format="parquet",
+                           partitioning=partitioning, partition_base_dir=scan.folder)
+    keys = ROW_KEYS.get(table, ())
+    wanted = None if columns is None else list(dict.fromkeys([*columns, *keys, "created_at"]))
+    wanted = None if wanted is None else [c for c in wanted if c in TABLES[table].names]
     expression = pq.filters_to_expression(filters) if filters else None
-    frame = dataset.to_table(filter=expression, columns=columns).to_pandas()
-    for name in ("kind", "model_id"):
-        if name in frame.columns and isinstance(frame[name].dtype, pd.CategoricalDtype):
-            frame[name] = frame[name].astype(str)
-    return frame
+    frame = dataset.to_table(filter=expression, columns=wanted).to_pandas()
+    if keys and frame.duplicated(list(keys)).any():
+        frame = frame.sort_values("created_at", kind="stable").drop_duplicates(list(keys), keep="last")
+        frame = frame.sort_index()
+    return frame[columns].reset_index(drop=True) if columns else frame.reset_index(drop=True)
 
 
 def load_results(root: str | Path, filters: list | None = None, columns: list[str] | None = None,
@@ -55,9 +128,18 @@ def committed_job_ids(root: str | Path, table: str = "results") -> set[str]:
     return set(read_table(root, table, columns=["job_id"])["job_id"])
 
 
-def find_model(root: str | Path, model_id: str) -> dict | None:
-    """The `models` row of model_id (the latest, if it was recorded more than once), or None."""
+def find_model(root: str | Path, model_id: str, digest: str | None = None) -> dict | None:
+    """The `models` row of model_id: the latest recorded, or the one whose weights have `digest`; None if absent."""
     models = read_table(root, "models", filters=[("model_id", "=", model_id)])
+    if digest is not None:
+        models = models[models["digest"] == digest]
     if models.empty:
         return None
-    return models.sort_values("created_at").iloc[-1].to_dict()
+    return models.sort_values("created_at", kind="stable").iloc[-1].to_dict()
+
+
+def open_failures(root: str | Path) -> pd.DataFrame:
+    """The failures table without the jobs that succeeded since (their rows are committed)."""
+    failures = read_table(root, "failures")
+    done = committed_job_ids(root) | committed_job_ids(root, "representations")
+    return failures[~failures["job_id"].isin(done)].reset_index(drop=True)

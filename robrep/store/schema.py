@@ -48,6 +48,8 @@ RESULTS_SCHEMA = pa.schema(
         ("seconds", pa.float32()),
         ("git_sha", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
+        ("model_digest", pa.string()),  # sha256 of the weights that produced the row
+        ("dataset_fingerprint", pa.string()),  # sha256 of the .beton its images came from
     ]
 )
 
@@ -68,6 +70,7 @@ MODELS_SCHEMA = pa.schema(
         ("checkpoint", pa.string()),
         ("git_sha", pa.string()),
         ("created_at", pa.timestamp("us", tz="UTC")),
+        ("digest", pa.string()),  # sha256 of the weights: one row per (model_id, digest)
     ]
 )
 
@@ -180,3 +183,12 @@ TABLES = {"results": RESULTS_SCHEMA, "models": MODELS_SCHEMA, "failures": FAILUR
 
 # Partition columns per table: folders `<col>=<value>`; the column is not stored in the part files.
 PARTITIONS: dict[str, tuple[str, ...]] = {"results": ("kind", "model_id"), "representations": ("model_id",)}
+
+# The columns that identify a row: readers return one row per key (the latest, by created_at) whatever is on
+# disk, so a part written twice (two drivers, a retried commit under another name) never duplicates a row.
+ROW_KEYS: dict[str, tuple[str, ...]] = {
+    "results": ("job_id", "split_rank"), "representations": ("job_id", "index"),
+    "images": ("dataset", "split", "index"), "train_metrics": ("model_id", "epoch"),
+    "tune_trials": ("run_id", "trial_id"), "failures": ("run_id", "job_id"),
+}
+QUARANTINE = "_quarantine"  # damaged or foreign files are moved here, never left to block a read

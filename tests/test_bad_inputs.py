@@ -1,0 +1,164 @@
+"""Every bad input, at every entry point, is one `error:` line naming what is wrong, exit 2, and harms nothing:
+the store and the data are byte-identical afterwards. Run in this process (no Ray starts: every one of these
+fails at the door)."""
+
+import hashlib
+import importlib
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import REPO, SMOKE
+from test_fanout import trained  # noqa: F401
+
+pytestmark = pytest.mark.ffcv
+
+# (entry point, arguments, what the one error line must name). {C} is a good config; {S}, {D}, {T} the store,
+# the data folder and a scratch folder.
+BAD = [
+    ("fanout", ["--config", "{T}/nope.yaml"], "does not exist"),
+    ("fanout", ["--config", "{T}/broken.yaml"], "is not valid YAML"),
+    ("fanout", ["--config", "{T}/latin1.yaml"], "is not UTF-8"),
+    ("fanout", ["--config", "{T}/list.yaml"], "must hold a mapping"),
+    ("fanout", ["--config", "{C}", "--set", "learning_rate=3"], "'learning_rate'"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.stepz=3"], "'fanout.stepz'"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.batch_size"], "expected KEY=VALUE"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.batch_size=[1"], "fanout.batch_size"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.rng_seed=!!python/object/apply:os.system ['true']"], "rng_seed"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs.0.eps=.nan"], "finite number"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs.0.step_size=-1"], "step_size=-1.0"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs.0.steps=3000000000"], "steps=3000000000"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.rng_seed=10000000000000"], "fanout.rng_seed"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.batch_size=0"], "fanout.batch_size=0"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.batch_size=ten"], "fanout.batch_size"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs=[{kind: invent}]"], "unknown job kind 'invent'"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs=[{steps: 3}]"], "needs a kind"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs=[{kind: visualize, coordinates: {mode: random, n: -1}}]"],
+     "coordinates.n=-1"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs=[{kind: top_activating, coordinates: {mode: top}}]"],
+     "top_activating"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs=[{kind: top_activating, coordinates: {mode: list}}]"],
+     "needs values"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs=[{kind: interpolate, lam_steps: 0}]"], "lam_steps=0"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs=[{kind: invert_sweep, radii: []}]"], "radii"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs=[{kind: invert_sweep, radii: [.inf]}]"], "finite"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs=[{kind: invert, inits: [sketch]}]"], "inits"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.models=[]"], "fanout.models is empty"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.models=[digits_robust]"], "not in fanout.models"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.indices={mode: list, values: [5000]}"], "out of range"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.indices={mode: first, n: 5000}"], "n=5000"),
+    ("fanout", ["--config", "{C}", "--set",
+                "fanout.jobs=[{kind: visualize, coordinates: {mode: list, values: [999]}}]"], "out of range"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs=[{kind: visualize, coordinates: {mode: top, n: 1000}}]"],
+     "n=1000"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.models=[ghost]", "--set", "fanout.jobs=[{kind: invert}]"],
+     "'ghost' is not in the store's models table"),
+    ("fanout", ["--config", "{C}", "--from-tune", "{T}/nope.yaml"], "does not exist"),
+    ("fanout", ["--config", "{C}", "--from-tune", "{T}/tuned_abc.yaml"], "steps='abc'"),
+    ("fanout", ["--config", "{C}", "--from-tune", "{T}/broken.yaml"], "not a jobs.tune result"),
+    ("fanout", ["--config", "{C}", "--from-tune", "{T}/tuned_attack.yaml"], "not an inversion result"),
+    ("fanout", ["--config", "{C}", "--nonsense"], "unrecognized arguments"),
+    ("train", ["--config", "{C}", "--set", "train.digits_robust.model_id=../../x"], "is not a valid name"),
+    ("train", ["--config", "{C}", "--set", "train.digits_robust.model_id=007/x"], "is not a valid name"),
+    ("train", ["--config", "{C}", "--set", "train.digits_robust.arch=resnet9000"], "unknown arch"),
+    ("train", ["--config", "{C}", "--set", "train.digits_robust.attack.eps=-1"], "eps=-1.0"),
+    ("train", ["--config", "{C}", "--set", "train.digits_robust.attack.steps=0"], "steps=0"),
+    ("train", ["--config", "{C}", "--set", "train.digits_robust.epochs=0"], "epochs=0"),
+    ("train", ["--config", "{C}", "--set", "train.digits_robust.lr=.nan"], "finite"),
+    ("train", ["--config", "{C}", "--set", "train.digits_robust.model_id=digits_standard"], "duplicate model_id"),
+    ("train", ["--config", "{C}", "--set", "train.digits_huge.epochs=3"], "no entry 'digits_huge'"),
+    ("train", ["--config", "{C}", "--set", "data.dir={T}/no_data"], "does not exist"),
+    ("main", ["--config", "{C}", "--set", "data.resolution=2"], "data.resolution=2"),
+    ("main", ["--config", "{C}", "--set", "data.dir=s3://bucket/data"], "data.dir"),
+    ("main", ["--config", "{C}", "--set", "data.test_fraction=1.5"], "data.test_fraction"),
+    ("main", ["--config", "{C}", "--set", "name=../x"], "name='../x'"),
+    ("tune", ["--config", "{C}", "--set", "tune.step_size={low: 1.0, high: 0.1}"], "0 < low < high"),
+    ("tune", ["--config", "{C}", "--set", "tune.model=ghost"], "tune.model 'ghost'"),
+    ("tune", ["--config", "{C}", "--set", "tune.model=../x"], "tune.model='../x'"),
+    ("evaluate", ["--store", "{S}"], "jobs.evaluate needs a model"),
+    ("evaluate", ["--store", "{S}", "--model", "digits_robust", "--checkpoint", "{T}"], "exactly one of"),
+    ("evaluate", ["--store", "{S}", "--robustness-checkpoint", "{T}/r.pt"], "needs evaluate.arch"),
+    ("evaluate", ["--store", "{S}", "--checkpoint", "{T}/nowhere", "--data", "{D}/test.beton"], "meta.json is missing"),
+    ("evaluate", ["--store", "{S}", "--model", "digits_robust", "--data", "{T}/text.beton"], "has no sidecar"),
+    ("evaluate", ["--store", "{S}", "--model", "digits_robust", "--data", "{T}/badside.beton"], "is not JSON"),
+    ("evaluate", ["--store", "{S}", "--model", "digits_robust", "--data", "{T}/fake.beton"], "does not describe"),
+    ("evaluate", ["--store", "{S}", "--model", "digits_robust", "--eps", "nan"], "finite"),
+    ("evaluate", ["--store", "{S}", "--model", "digits_robust", "--eps", "abc"], "--eps"),
+    ("evaluate", ["--store", "{S}", "--model", "digits_robust", "--model-id", "../x"], "is not a valid name"),
+    ("evaluate", ["--store", "{S}", "--model", "digits_robust", "--restarts", "3"], "restarts=3"),
+    ("evaluate", ["--store", "{S}", "--model", "ghost", "--data", "{D}/test.beton"], "evaluate.model 'ghost'"),
+    ("build_dataset", ["--source", "imagefolder", "--out", "{T}/x.beton"], "needs build.root"),
+    ("build_dataset", ["--source", "digits", "--out", "{T}"], "must be the path of a .beton"),
+    ("build_dataset", ["--source", "digits", "--out", "s3://bucket/x.beton"], "not a URI"),
+    ("build_dataset", ["--source", "synthetic", "--out", "{T}/x.beton", "--resolution", "0"], "build.resolution=0"),
+    ("build_dataset", ["--source", "nope", "--out", "{T}/x.beton"], "build.source"),
+    ("build_dataset", ["--source", "imagefolder", "--root", "{T}/none", "--out", "{T}/x.beton"], "none"),
+    ("build_dataset", ["--source", "cifar10", "--root", "{T}/cifar", "--out", "{T}/x.beton"], "not a CIFAR-10 batch"),
+    ("report", [], "needs a store"),
+    ("store", ["check"], "needs --store"),
+    ("store", ["mend", "--store", "{S}"], "must be one of"),
+]
+
+
+def tree_digest(*folders: Path) -> str:
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            digest.update(str(path).encode() + path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def world(trained, tmp_path_factory):  # noqa: F811
+    """A good config over the fan-out fixture's data and store, and the bad files the cases name."""
+    import pickle
+
+    import numpy as np
+
+    tmp = tmp_path_factory.mktemp("bad")
+    shutil.copytree(trained / "store", tmp / "store")
+    config = yaml.safe_load((REPO / SMOKE).read_text())
+    config.update(store=str(tmp / "store"), storage_path=str(tmp / "ckpt"))
+    config["data"]["dir"] = str(trained / "data")
+    (tmp / "good.yaml").write_text(yaml.safe_dump(config))
+    (tmp / "broken.yaml").write_text("fanout: [unclosed\n")
+    (tmp / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
+    (tmp / "list.yaml").write_text("- a\n- b\n")
+    (tmp / "tuned_abc.yaml").write_text(yaml.safe_dump({"objective": "inversion", "step_size": 0.1, "steps": "abc"}))
+    (tmp / "tuned_attack.yaml").write_text(yaml.safe_dump({"objective": "attack", "step_size": 0.1, "steps": 5}))
+    (tmp / "text.beton").write_text("not a beton")
+    (tmp / "badside.beton").write_text("not a beton")
+    (tmp / "badside.json").write_text("{not json")
+    (tmp / "fake.beton").write_text("not a beton, but its sidecar is a real one" * 10)
+    shutil.copy(trained / "data" / "test.json", tmp / "fake.json")
+    (tmp / "cifar").mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["batches.meta"]:
+        batch = {b"data": np.zeros((4, 100), dtype=np.uint8), b"labels": [0, 1, 2, 3], b"label_names": [b"a"] * 10}
+        (tmp / "cifar" / name).write_bytes(pickle.dumps(batch))
+    return tmp, trained
+
+
+@pytest.mark.parametrize("module, args, names", BAD, ids=[f"{m}-{i}" for i, (m, _, _) in enumerate(BAD)])
+def test_a_bad_input_is_one_error_line_and_harms_nothing(world, capsys, module, args, names):
+    tmp, data = world
+    fill = {"{C}": str(tmp / "good.yaml"), "{S}": str(tmp / "store"), "{D}": str(data / "data"), "{T}": str(tmp)}
+    argv = [a for a in args]
+    for key, value in fill.items():
+        argv = [a.replace(key, value) for a in argv]
+    before = tree_digest(tmp / "store", data / "data")
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        importlib.import_module(f"jobs.{module}").cli(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert stopped.value.code == 2, err
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    assert names in lines[0], lines[0]
+    assert tree_digest(tmp / "store", data / "data") == before
+    assert not list(tmp.glob("*.beton.tmp")) and not (tmp / "x.beton").exists()
+
+
+def test_the_table_covers_at_least_50_inputs_and_every_entry_point():
+    assert len(BAD) >= 50 and len({tuple(args) for _, args, _ in BAD}) == len(BAD)
+    assert {m for m, _, _ in BAD} == {"fanout", "train", "main", "tune", "evaluate", "build_dataset", "report", "store"}
