@@ -24,9 +24,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def ray_head(tmp_path):
-    """`ray start --head --block` in its own process group: killing the group stops this head only."""
+def start_head(folder: Path) -> tuple[subprocess.Popen, str, str, dict]:
+    """`ray start --head --block` in its own process group, on loopback, with token auth:
+    (process, GCS address, dashboard URL, environment for clients)."""
     bin_dir = str(Path(sys.executable).parent)
     env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}  # token auth, as everywhere
     env.pop("RAY_ADDRESS", None)
@@ -35,7 +35,7 @@ def ray_head(tmp_path):
         [f"{bin_dir}/ray", "start", "--head", "--block", "--num-cpus=2", "--node-ip-address=127.0.0.2",
          f"--port={gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
          "--disable-usage-stats", "--include-dashboard=true"],
-        env=env, stdout=open(tmp_path / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+        env=env, stdout=open(folder / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
     )
     address = f"http://127.0.0.1:{dash_port}"
     deadline = time.time() + 120
@@ -43,19 +43,27 @@ def ray_head(tmp_path):
         probe = subprocess.run([f"{bin_dir}/ray", "job", "list", "--address", address], env=env,
                                capture_output=True, text=True, timeout=60)
         if probe.returncode == 0:
-            break
-        assert head.poll() is None, (tmp_path / "head.log").read_text()[-3000:]
+            return head, f"127.0.0.2:{gcs_port}", address, env
+        assert head.poll() is None, (folder / "head.log").read_text()[-3000:]
         time.sleep(2)
-    else:
-        pytest.fail("the Ray head did not come up: " + (tmp_path / "head.log").read_text()[-3000:])
-    yield address, env
-    # This head and everything it started, by process id (a graceful `ray stop` takes about 30 s).
+    pytest.fail("the Ray head did not come up: " + (folder / "head.log").read_text()[-3000:])
+
+
+def stop_head(head: subprocess.Popen) -> None:
+    """This head and everything it started, by process id (a graceful `ray stop` takes about 30 s)."""
     started = psutil.Process(head.pid).children(recursive=True)
     os.killpg(head.pid, signal.SIGKILL)
     for process in started:
         with contextlib.suppress(psutil.NoSuchProcess):
             process.kill()
     head.wait(timeout=60)
+
+
+@pytest.fixture
+def ray_head(tmp_path):
+    head, _, address, env = start_head(tmp_path)
+    yield address, env
+    stop_head(head)
 
 
 def submit(address: str, env: dict, *args: str) -> subprocess.CompletedProcess:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import uuid
 from pathlib import Path
 
@@ -22,6 +23,19 @@ import pyarrow.parquet as pq
 from robrep.location import filesystem
 from robrep.names import check_name
 from robrep.store.schema import PARTITIONS, TABLES, to_table
+
+_reached: dict[str, int] = {}
+
+
+def fault_point(point: str) -> None:
+    """Fault injection for the tests that kill a driver mid-commit: with ROBREP_FAULT=<point>:<n> set, the n-th
+    time this process reaches <point> it is killed (SIGKILL), as a power loss or `kill -9` would. Inert otherwise."""
+    wanted = os.environ.get("ROBREP_FAULT", "")
+    if not wanted.startswith(point + ":"):
+        return
+    _reached[point] = _reached.get(point, 0) + 1
+    if _reached[point] == int(wanted.rsplit(":", 1)[1]):
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def part_name(job_ids: list[str]) -> str:
@@ -61,7 +75,9 @@ def commit_part(root: str | Path, table_name: str, table: pa.Table, partition: d
         if durable:
             out.flush()
             os.fsync(out.fileno())
+    fault_point(f"{table_name}.before_rename")
     os.replace(tmp, final)
+    fault_point(f"{table_name}.after_rename")
     if durable:
         _fsync_dir(folder)
         if created:  # the new folder's own entry
@@ -87,6 +103,7 @@ def append_rows(root: str | Path, table_name: str, table: pa.Table, key: str) ->
 
 def write_manifest(root: str | Path, run_id: str, manifest: dict) -> str:
     """Written last, after every part of a run is committed."""
+    fault_point("manifest.before")
     fs, base = filesystem(root)
     folder = f"{base}/_manifests"
     fs.create_dir(folder, recursive=True)
