@@ -21,7 +21,7 @@ from pathlib import Path
 from jobs.common import Alias, git_sha, run_entry_point
 from jobs.config import ExperimentConfig
 from robrep.errors import ConfigError
-from robrep.location import is_uri
+from robrep.location import is_uri, redact
 from robrep.names import check_name
 
 ALIASES = (
@@ -92,7 +92,7 @@ def resolve_checkpoint(config: ExperimentConfig, num_classes: int, dataset: str)
         row = find_model(config.store_root, spec.model)
         if row is None:
             raise ConfigError(f"evaluate.model {spec.model!r} is not in the store's models table at "
-                              f"{config.store_root}; give --checkpoint or train it")
+                              f"{redact(config.store_root)}; give --checkpoint or train it")
         return Path(row["checkpoint"]), read_meta(row["checkpoint"])
     return Path(spec.checkpoint).resolve(), read_meta(spec.checkpoint)
 

@@ -20,6 +20,7 @@ from jobs.common import git_sha, run_entry_point
 from jobs.config import ExperimentConfig
 from robrep.checkpoint import model_digest, read_meta, save_checkpoint
 from robrep.errors import CheckpointError, DataError
+from robrep.location import redact
 from robrep.models import create_model
 from robrep.store import find_model, read_table
 from robrep.store.commit import append_rows
@@ -49,7 +50,7 @@ def last_epoch_metrics(config: ExperimentConfig, model_id: str) -> dict:
     """The train_metrics row of the model's last epoch (evaluated on the whole test set)."""
     metrics = read_table(config.store_root, "train_metrics", filters=[("model_id", "=", model_id)])
     if metrics.empty:
-        raise RuntimeError(f"no train_metrics rows for {model_id} in {config.store_root}")
+        raise RuntimeError(f"no train_metrics rows for {model_id} in {redact(config.store_root)}")
     return metrics.sort_values("epoch").iloc[-1].to_dict()
 
 

@@ -18,6 +18,7 @@ import yaml
 from jobs.common import git_sha, run_entry_point
 from jobs.config import ExperimentConfig
 from robrep.errors import ConfigError
+from robrep.location import redact
 from robrep.selection import select_indices
 from robrep.store import find_model
 from robrep.store.commit import append_rows
@@ -36,7 +37,8 @@ def main(config: ExperimentConfig) -> None:
         raise ConfigError("this config has no tune section")
     model = find_model(config.store_root, spec.model)
     if model is None:
-        raise ConfigError(f"tune.model {spec.model!r} is not in the store's models table at {config.store_root}; "
+        raise ConfigError(f"tune.model {spec.model!r} is not in the store's models table at "
+                          f"{redact(config.store_root)}; "
                           "train it with python -m jobs.train")
     data = str(config.data.path("test"))
     read_info(data)

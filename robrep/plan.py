@@ -16,6 +16,7 @@ from robrep.errors import ConfigError
 from robrep.kinds import get_kind
 from robrep.kinds.base import BlockSpec, ExpandContext, Job
 from robrep.kinds.invert import InvertSpec
+from robrep.location import redact
 from robrep.names import check_name
 from robrep.selection import IndexSpec, select_indices
 from robrep.store import find_model
@@ -84,7 +85,8 @@ def resolve_model(store: str, name: str, num_classes: int) -> ModelRef:
     if row is None:
         if not (Path(name) / "meta.json").is_file():
             raise ConfigError(
-                f"fanout.models: {name!r} is not in the store's models table at {store}/models nor a checkpoint "
+                f"fanout.models: {name!r} is not in the store's models table at {redact(store)}/models nor a "
+                "checkpoint "
                 "folder; train it with python -m jobs.train")
         meta = read_meta(name)
         model_id = check_name(meta.get("model_id") or Path(name).name, f"the model_id of checkpoint {name}")

@@ -147,3 +147,14 @@ def test_job_ids_change_with_the_weights_and_the_data(trained, tmp_path):  # noq
     rebuilt = config_for(trained, store, jobs=[{"kind": "invert"}])
     rebuilt["data"]["dir"] = str(data)
     assert not {j.job_id for j in plan_of(rebuilt)} & before
+
+
+def test_credentials_in_a_uri_are_redacted_everywhere_they_are_shown():
+    from robrep.location import redact, redact_all
+
+    assert redact("s3://AKIA123:s3cr3t@bucket/robrep/store") == "s3://***@bucket/robrep/store"
+    assert redact("s3://bucket/store?access_key=AKIA&secret_key=s3cr3t&region=eu") == \
+        "s3://bucket/store?access_key=***&secret_key=***&region=eu"
+    assert redact("/local/store") == "/local/store"
+    manifest = redact_all({"store": "gs://user:pw@b/s", "fanout": {"models": ["m"]}, "steps": 3})
+    assert "pw" not in json.dumps(manifest) and manifest["fanout"] == {"models": ["m"]}

@@ -3,6 +3,7 @@ python folder, Restricted ImageNet's class mapping, loaders, and distributed sha
 
 import os
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -164,3 +165,13 @@ def test_two_gloo_ranks_read_disjoint_shards_that_cover_the_set(tmp_path):
     rank0, rank1 = (set(torch.load(tmp_path / f"rank{r}.pt", weights_only=True).tolist()) for r in (0, 1))
     assert len(rank0) == len(rank1) == 32
     assert not rank0 & rank1 and rank0 | rank1 == set(range(64))
+
+
+def test_a_huge_image_is_skipped_before_it_is_decoded(tree):
+    """A 200-megapixel file (a decompression bomb, or a scan at full resolution) is skipped with its reason;
+    the build goes on with the rest."""
+    Image.new("1", (20_000, 10_000)).save(tree / "n01" / "huge.png")  # 200 MP, a few kB on disk
+    source = sources.scan(sources.imagefolder(tree), strict=False, num_workers=2, progress=False)
+    reasons = {Path(s["path"]).name: s["reason"] for s in source.skipped}
+    assert "huge.png" in reasons and "pixels" in reasons["huge.png"]  # refused by size, before decoding
+    assert len(source) == 15
