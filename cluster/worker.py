@@ -49,9 +49,10 @@ def run_batch(jobs: list[Job], cache: dict) -> list[dict]:
     ctx = BatchContext(_model(cache, first.checkpoint, on), on, get_images, size, cache,
                        (first.checkpoint, first.dataset_path))
     start = time.time()
-    rows = get_kind(first.kind).run(ctx, jobs)
+    kind = get_kind(first.kind)
+    rows = kind.run(ctx, jobs)
     seconds = (time.time() - start) / max(1, len(rows))
-    if get_kind(first.kind).table == "results":
+    if kind.table == "results":
         for row in rows:
             row.update(node=platform.node(), device=on, seconds=seconds)
     return rows

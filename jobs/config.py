@@ -24,7 +24,6 @@ from robrep.selection import IndexSpec
 from robrep.train import AttackSpec, ModelSpec
 
 MAX_IMAGES = 100_000_000
-AUGMENTS = ("rrc_flip", "crop_flip", "translate", "none")
 
 
 @dataclass(frozen=True)

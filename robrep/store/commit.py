@@ -113,8 +113,3 @@ def write_manifest(root: str | Path, run_id: str, manifest: dict) -> str:
     fs.move(tmp, final)
     return final
 
-
-def read_manifest(root: str | Path, run_id: str) -> dict:
-    fs, base = filesystem(root)
-    with fs.open_input_stream(f"{base}/_manifests/{Path(run_id).name}.json") as stream:
-        return json.loads(stream.read())
