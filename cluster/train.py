@@ -2,7 +2,9 @@
 
 Each epoch ends in a checkpoint (model, optimizer, scheduler, epoch, RNG) reported by rank 0, so a
 rerun with the same name, or a worker group restarted after a failure, continues at the next epoch.
-Rank 0 also commits one `train_metrics` row per epoch to the store (a rerun of an epoch replaces it).
+Rank 0 also commits one `train_metrics` row per epoch to the store (a rerun of an epoch replaces it), from
+whatever node it runs on: the store must be a location every node reaches (a URI or a shared folder).
+Checkpoints go to `storage_path`, a URI or a shared folder, through Ray Train's storage filesystem.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
+import io
 import os
 import tempfile
 import time
@@ -22,7 +25,10 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, get_device, prepare_model
 
+from cluster.storage import storage_options
 from datasets.beton import make_loader
+from datasets.stage import stage
+from robrep.location import join, write_bytes
 from robrep.models import create_model
 from robrep.store.commit import append_rows
 from robrep.store.schema import TRAIN_METRICS_SCHEMA, now_utc, to_table
@@ -39,10 +45,12 @@ class TrainRun:
     num_classes: int
     mean: tuple[float, ...]  # per-channel normalisation, from the dataset's sidecar
     std: tuple[float, ...]
-    train_path: str
+    train_path: str  # the .beton on each node
     test_path: str
     store: str
-    audit_dir: str | None = None
+    audit_dir: str | None = None  # a path or URI
+    train_source: str | None = None  # where each node stages train_path from (data.stage_from)
+    test_source: str | None = None
 
     @property
     def threads(self) -> int:
@@ -112,8 +120,9 @@ def _audit(folder: str | None, rank: int, epoch: int, labels: list[torch.Tensor]
     digest = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes() for v in model.state_dict().values()))
     record = {"labels": torch.cat(labels) if labels else torch.empty(0), "pid": os.getpid(),
               "node_id": ray.get_runtime_context().get_node_id(), "weights_sha256": digest.hexdigest()}
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    torch.save(record, Path(folder) / f"rank{rank}_epoch{epoch}_pid{os.getpid()}.pt")
+    buffer = io.BytesIO()
+    torch.save(record, buffer)
+    write_bytes(join(folder, f"rank{rank}_epoch{epoch}_pid{os.getpid()}.pt"), buffer.getvalue())
 
 
 def train_loop_per_worker(run: TrainRun) -> None:
@@ -131,10 +140,11 @@ def train_loop_per_worker(run: TrainRun) -> None:
                                 weight_decay=spec.weight_decay)
     scheduler = make_scheduler(optimizer, spec.lr_milestones, spec.lr_gamma, spec.warmup_epochs)
     start_epoch = _restore(model, optimizer, scheduler)
+    train_path, test_path = stage(run.train_path, run.train_source), stage(run.test_path, run.test_source)
     # Built after Ray set up the process group, so distributed=True gives each rank a disjoint shard.
-    loader = make_loader(run.train_path, spec.batch_size // world, train=True, distributed=world > 1,
+    loader = make_loader(train_path, spec.batch_size // world, train=True, distributed=world > 1,
                          rng_seed=spec.rng_seed, augment=spec.augment, padding=spec.padding)
-    test_loader = make_loader(run.test_path, max(1, spec.batch_size // world), train=False, distributed=world > 1)
+    test_loader = make_loader(test_path, max(1, spec.batch_size // world), train=False, distributed=world > 1)
     autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and spec.bf16
                 else contextlib.nullcontext())
     for epoch in range(start_epoch, spec.epochs):
@@ -178,9 +188,9 @@ def train_loop_per_worker(run: TrainRun) -> None:
             ray.train.report({k: v for k, v in metrics.items() if k != "created_at"}, checkpoint=checkpoint)
 
 
-def fit(run: TrainRun, *, storage_path: str) -> Path:
-    """Train `run.spec` to completion with Ray Train (resuming a run of the same model_id under storage_path);
-    return the folder of the latest checkpoint (holding STATE_FILE)."""
+def fit(run: TrainRun, *, storage_path: str) -> dict:
+    """Train `run.spec` to completion with Ray Train (resuming a run of the same model_id under storage_path, a
+    shared folder or a URI); return the state of the latest checkpoint (model, optimizer, epoch, ...)."""
     spec = run.spec
     resources = {"CPU": spec.cpus_per_worker, **({"GPU": spec.gpus_per_worker} if spec.use_gpu else {})}
     trainer = TorchTrainer(
@@ -191,7 +201,7 @@ def fit(run: TrainRun, *, storage_path: str) -> Path:
         ),
         run_config=RunConfig(
             name=spec.model_id,
-            storage_path=storage_path,
+            **storage_options(storage_path),
             failure_config=FailureConfig(max_failures=spec.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2),
         ),
@@ -199,4 +209,6 @@ def fit(run: TrainRun, *, storage_path: str) -> Path:
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training run {spec.model_id!r} finished without a checkpoint")
-    return Path(result.checkpoint.path)
+    with result.checkpoint.as_directory() as folder:  # a local folder, downloaded if the checkpoint is remote
+        return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
+

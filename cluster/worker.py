@@ -9,6 +9,7 @@ import time
 import torch
 
 from datasets.beton import read_all, read_indices, read_info
+from datasets.stage import stage
 from robrep.checkpoint import load_checkpoint
 from robrep.kinds import get_kind
 from robrep.kinds.base import BatchContext, Job
@@ -26,9 +27,11 @@ def _model(cache: dict, checkpoint: str, on: str) -> torch.nn.Module:
     return cache[checkpoint]
 
 
-def _split(cache: dict, path: str):
-    """(size, get_images) for a .beton; small splits are decoded once and served from memory."""
+def _split(cache: dict, path: str, source: str | None):
+    """(size, get_images) for a .beton (staged to this node from `source` first, where given); small splits are
+    decoded once and served from memory."""
     if path not in cache:
+        stage(path, source)
         info = read_info(path)
         small = info["num_images"] * 3 * info["resolution"] ** 2 * 4 < IN_MEMORY_BYTES
         cache[path] = (info["num_images"], read_all(path) if small else None)
@@ -45,7 +48,7 @@ def _split(cache: dict, path: str):
 def run_batch(jobs: list[Job], cache: dict) -> list[dict]:
     """One batch of compatible jobs (one kind, one model, one PGD setting) -> rows of the kind's table."""
     first, on = jobs[0], device()
-    size, get_images = _split(cache, first.dataset_path)
+    size, get_images = _split(cache, first.dataset_path, first.dataset_source)
     ctx = BatchContext(_model(cache, first.checkpoint, on), on, get_images, size, cache,
                        (first.checkpoint, first.dataset_path))
     start = time.time()

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from jobs.common import Alias, run_entry_point
 from jobs.config import BuildSpec, DataSpec, ExperimentConfig
+from robrep.errors import DataError
+from robrep.location import redact
 
 DEFAULT_AUGMENT = {"digits": "none", "cifar10": "crop_flip", "imagefolder": "rrc_flip",
                    "restricted_imagenet": "rrc_flip", "synthetic": "none"}
@@ -40,18 +42,40 @@ ALIASES = (
 )
 
 
+def _ready(data: DataSpec, split: str) -> bool:
+    """The split is on this node: staged from data.stage_from (copied now if need be), or in data.dir (and then
+    uploaded to data.stage_from, where that is set but holds nothing yet)."""
+    from datasets.beton import read_info
+    from datasets.stage import upload
+
+    if data.stage_from is None:
+        return data.path(split).is_file()
+    try:
+        data.local(split)
+    except DataError:
+        if not data.path(split).is_file():
+            return False
+        read_info(data.path(split))  # built here before stage_from was set: a whole pair, uploaded as it is
+        upload(data.path(split), data.stage_source(split))
+        print(f"[data] uploaded {data.path(split)} to {redact(data.stage_source(split))}", flush=True)
+    return True
+
+
 def build(data: DataSpec, force: bool = False) -> None:
-    """Write <data.dir>/{train,test}.beton for an experiment unless both exist (idempotent).
+    """Write <data.dir>/{train,test}.beton for an experiment unless both exist (idempotent), and upload them to
+    data.stage_from where that is set (from where every node copies them).
 
     `files` data is never built here: its betons must exist (DataError naming the command otherwise).
     """
     from datasets.beton import read_info, write_beton
     from datasets.sources import digits, synthetic
+    from datasets.stage import upload
 
-    if data.source == "files" or (not force and data.path("train").is_file() and data.path("test").is_file()):
+    if data.source == "files" or (not force and all(_ready(data, split) for split in ("train", "test"))):
         for split in ("train", "test"):
-            read_info(data.path(split))
-        print(f"[data] using {data.path('train').parent}/{{train,test}}.beton", flush=True)
+            read_info(data.local(split))
+        where = f" (staged from {redact(data.stage_from)})" if data.stage_from else ""
+        print(f"[data] using {data.path('train').parent}/{{train,test}}.beton{where}", flush=True)
         return
     for offset, split in enumerate(("train", "test")):
         if data.source == "digits":
@@ -60,6 +84,9 @@ def build(data: DataSpec, force: bool = False) -> None:
             source = synthetic(data.num_classes, data.per_class, data.resolution, data.rng_seed * 2 + offset)
         write_beton(data.path(split), source, augment=DEFAULT_AUGMENT[data.source], info={"split": split})
         print(f"[data] wrote {data.path(split)}: {len(source)} images at {data.resolution}px", flush=True)
+        if data.stage_from:
+            upload(data.path(split), data.stage_source(split))
+            print(f"[data] uploaded it to {redact(data.stage_source(split))}", flush=True)
 
 
 def build_one(spec: BuildSpec) -> Path:

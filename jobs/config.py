@@ -15,9 +15,9 @@ from typing import Literal
 import yaml
 
 from robrep.config import from_dict, load_yaml
-from robrep.errors import ConfigError
+from robrep.errors import ConfigError, StorageError
 from robrep.kinds import KINDS
-from robrep.location import absolute, is_uri
+from robrep.location import check, is_uri, join, parent, read_bytes, redact
 from robrep.names import check_name
 from robrep.plan import FanoutSpec
 from robrep.selection import IndexSpec
@@ -39,6 +39,11 @@ class DataSpec:
 
     digits and synthetic are built in (jobs.main builds them when missing); `files` means betons you
     built with `python -m jobs.build_dataset --out <dir>/train.beton ...` (ImageNet, CIFAR-10, ...).
+
+    FFCV reads POSIX files, so `dir` is a local or NFS folder. On nodes that share no disk, set `stage_from`
+    to a folder or URI (s3://bucket/data) that holds the betons and their sidecars: every process that reads
+    a split first copies it from there to its own node's `dir`, once per node (datasets/stage.py), and
+    jobs.build_dataset / jobs.main upload what they build there.
     """
 
     source: Literal["digits", "synthetic", "files"] = "digits"
@@ -47,7 +52,8 @@ class DataSpec:
     rng_seed: int = 0  # the train/test split (digits), the images (synthetic)
     num_classes: int = 10  # synthetic
     per_class: int = 20  # synthetic, per split
-    dir: str = "runs/digits/data"  # holds train.beton, test.beton and their sidecars
+    dir: str = "runs/digits/data"  # holds train.beton, test.beton and their sidecars; local or NFS
+    stage_from: str | None = None  # a path or URI every node copies the betons from into its own `dir`
 
     def validate(self) -> None:
         if not 8 <= self.resolution <= 512:
@@ -55,10 +61,25 @@ class DataSpec:
         if not 0 < self.test_fraction < 1:
             raise ConfigError(f"data.test_fraction={self.test_fraction} must be within (0, 1)")
         if is_uri(self.dir):
-            raise ConfigError(f"data.dir={self.dir!r}: FFCV reads local or NFS files; give a path, not a URI")
+            raise ConfigError(f"data.dir={redact(self.dir)!r}: FFCV reads local or NFS files; give a path, and put "
+                              "the URI in data.stage_from to copy the betons from there to each node")
+        check(self.dir, "data.dir")
+        if self.stage_from is not None:
+            check(self.stage_from, "data.stage_from")
 
     def path(self, split: str) -> Path:
+        """The split's .beton on this node (not yet staged: see `local`)."""
         return Path(self.dir).resolve() / f"{split}.beton"
+
+    def stage_source(self, split: str) -> str | None:
+        """Where the split is staged from (None: `dir` is shared or local-only)."""
+        return join(check(self.stage_from, "data.stage_from"), f"{split}.beton") if self.stage_from else None
+
+    def local(self, split: str) -> Path:
+        """The split's .beton on this node, copied from `stage_from` first where that is set."""
+        from datasets.stage import stage
+
+        return Path(stage(str(self.path(split)), self.stage_source(split)))
 
 
 @dataclass(frozen=True)
@@ -88,7 +109,10 @@ class TuneSpec:
     default_steps: int = 200
     tune_indices: IndexSpec = IndexSpec(mode="first", n=32)  # test images the trials run on
     holdout_indices: IndexSpec = IndexSpec(mode="list", values=tuple(range(100, 132)))  # for the final comparison
-    output: str = "runs/tune/best.yaml"  # the best config, for `jobs.fanout --from-tune`
+    output: str = "runs/tune/best.yaml"  # the best config (a path or URI), for `jobs.fanout --from-tune`
+    cpus_per_trial: float = 1.0
+    gpus_per_trial: float = 0.0  # > 0: each trial (and the held-out comparison) runs on a GPU
+    max_failures: int = 0  # retries of a trial whose worker dies; a trial that still fails is left out
 
     def validate(self) -> None:
         check_name(self.model, "tune.model")
@@ -98,6 +122,9 @@ class TuneSpec:
             raise ConfigError("tune.steps must be budgets >= tune.report_every >= 1")
         if self.num_samples < 1 or self.eps <= 0:
             raise ConfigError("tune.num_samples must be >= 1 and tune.eps > 0")
+        check(self.output, "tune.output")
+        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0 or self.max_failures < 0:
+            raise ConfigError("tune.cpus_per_trial must be > 0, tune.gpus_per_trial >= 0, tune.max_failures >= 0")
 
 
 # Paper A.4: PGD-20, step 0.375, eps 3.0 (ImageNet scale), no random start.
@@ -137,6 +164,11 @@ class EvaluateSpec:
             raise ConfigError("evaluate.batch_size must be within [1, 65536] and evaluate.shards within [1, 10000]")
         if self.max_images is not None and not 1 <= self.max_images <= MAX_IMAGES:
             raise ConfigError(f"evaluate.max_images={self.max_images} must be within [1, {MAX_IMAGES}]")
+        for key in ("checkpoint", "robustness_checkpoint"):
+            if getattr(self, key):
+                check(getattr(self, key), f"evaluate.{key}")
+        if self.data is not None and is_uri(self.data):
+            raise ConfigError(f"evaluate.data={redact(self.data)!r}: FFCV reads local or NFS files; give a path")
 
 
 @dataclass(frozen=True)
@@ -191,38 +223,44 @@ class ExperimentConfig:
         ids = [m.model_id for m in self.train]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"train: duplicate model_id in {ids}")
+        for key in ("store", "storage_path", "report_dir"):
+            if getattr(self, key) is not None:
+                check(getattr(self, key), key)
 
     @property
     def store_root(self) -> str:
         """A pyarrow filesystem URI as given, or an absolute local path."""
         if not self.store:
             raise ConfigError("this entry point needs a store: set store: in the config, or --store / --set store=...")
-        return absolute(self.store)
+        return check(self.store, "store")
 
     @property
-    def storage_root(self) -> Path:
+    def storage_root(self) -> str:
+        """Ray Train's and Tune's runs, final and imported models: a URI or an absolute path (shared by all nodes)."""
         if not self.storage_path:
-            raise ConfigError("this entry point needs storage_path (checkpoints): --set storage_path=/shared/ckpt")
-        return Path(self.storage_path).resolve()
+            raise ConfigError("this entry point needs storage_path (checkpoints): --set storage_path=/shared/ckpt "
+                              "or s3://bucket/ckpt")
+        return check(self.storage_path, "storage_path")
 
     @property
     def report_root(self) -> str:
+        """The report's folder: report_dir, else `report` beside the store."""
         if self.report_dir:
-            return self.report_dir
-        if not is_uri(self.store_root):
-            return str(Path(self.store_root).parent / "report")
-        if self.storage_path:
-            return str(self.storage_root / "report")
-        raise ConfigError("the store is a URI: set report_dir (--out) to a local folder for the report")
+            return check(self.report_dir, "report_dir")
+        return join(parent(self.store_root), "report")
 
 
-def apply_tuned(data: dict, tuned_path: str | Path) -> dict:
-    """Put the step_size and steps that jobs.tune found into every tunable fanout block."""
-    tuned_path = Path(tuned_path)
-    if not tuned_path.is_file():
-        raise ConfigError(f"--from-tune {str(tuned_path)!r} does not exist; run python -m jobs.tune first")
+def apply_tuned(data: dict, tuned_path: str) -> dict:
+    """Put the step_size and steps that jobs.tune found (a file at a path or URI) into every tunable fanout block."""
+    tuned_path = check(tuned_path, "--from-tune")
     try:
-        tuned = yaml.safe_load(tuned_path.read_text())
+        text = read_bytes(tuned_path).decode()
+    except FileNotFoundError as e:
+        raise ConfigError(f"--from-tune {redact(tuned_path)!r} does not exist; run python -m jobs.tune first") from e
+    except (StorageError, OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--from-tune {redact(tuned_path)!r} cannot be read: {e}") from e
+    try:
+        tuned = yaml.safe_load(text)
     except (yaml.YAMLError, UnicodeDecodeError) as e:
         raise ConfigError(f"--from-tune {str(tuned_path)!r} is not a jobs.tune result (not YAML: {e})") from e
     if not isinstance(tuned, dict) or tuned.get("objective") != "inversion":

@@ -21,7 +21,7 @@ from pathlib import Path
 from jobs.common import Alias, git_sha, run_entry_point
 from jobs.config import ExperimentConfig
 from robrep.errors import ConfigError
-from robrep.location import is_uri, redact
+from robrep.location import absolute, join, parent, redact
 from robrep.names import check_name
 
 ALIASES = (
@@ -57,7 +57,7 @@ def table_4(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def import_model(config: ExperimentConfig, num_classes: int, dataset: str) -> tuple[Path, dict]:
+def import_model(config: ExperimentConfig, num_classes: int, dataset: str) -> tuple[str, dict]:
     """Import a robustness-library checkpoint into robrep's format and the models table."""
     from robrep.checkpoint import import_robustness_checkpoint, model_digest, save_checkpoint
     from robrep.store.commit import append_rows
@@ -65,23 +65,20 @@ def import_model(config: ExperimentConfig, num_classes: int, dataset: str) -> tu
 
     spec = config.evaluate
     model, meta = import_robustness_checkpoint(spec.robustness_checkpoint, spec.arch, num_classes)
-    if config.storage_path:
-        checkpoint = config.storage_root / "imported" / spec.model_id
-    elif not is_uri(config.store_root):
-        checkpoint = Path(config.store_root).parent / "imported" / spec.model_id  # beside a local store
-    else:
-        raise ConfigError("the store is a URI: set storage_path (--storage-path) for the imported checkpoint")
+    # In storage_path, else beside the store (a folder or a URI either way).
+    base = config.storage_root if config.storage_path else parent(config.store_root)
+    checkpoint = join(base, "imported", spec.model_id)
     meta = {**meta, "model_id": spec.model_id, "dataset": dataset, "robust": None, "git_sha": git_sha()}
     save_checkpoint(checkpoint, model, meta)
     digest = model_digest(checkpoint)
     append_rows(config.store_root, "models", to_table([{
         "model_id": spec.model_id, "arch": spec.arch, "dataset": dataset, "robust": None,
-        "checkpoint": str(checkpoint), "git_sha": git_sha(), "created_at": now_utc(), "digest": digest}],
+        "checkpoint": checkpoint, "git_sha": git_sha(), "created_at": now_utc(), "digest": digest}],
         MODELS_SCHEMA), key=f"{spec.model_id}/{digest}")
     return checkpoint, meta
 
 
-def resolve_checkpoint(config: ExperimentConfig, num_classes: int, dataset: str) -> tuple[Path, dict]:
+def resolve_checkpoint(config: ExperimentConfig, num_classes: int, dataset: str) -> tuple[str, dict]:
     from robrep.checkpoint import read_meta
     from robrep.store import find_model
 
@@ -93,8 +90,8 @@ def resolve_checkpoint(config: ExperimentConfig, num_classes: int, dataset: str)
         if row is None:
             raise ConfigError(f"evaluate.model {spec.model!r} is not in the store's models table at "
                               f"{redact(config.store_root)}; give --checkpoint or train it")
-        return Path(row["checkpoint"]), read_meta(row["checkpoint"])
-    return Path(spec.checkpoint).resolve(), read_meta(spec.checkpoint)
+        return str(row["checkpoint"]), read_meta(row["checkpoint"])
+    return absolute(spec.checkpoint), read_meta(spec.checkpoint)
 
 
 def main(config: ExperimentConfig) -> None:
@@ -108,20 +105,22 @@ def main(config: ExperimentConfig) -> None:
     if spec is None:
         raise ConfigError("jobs.evaluate needs a model: --model, --checkpoint or --robustness-checkpoint "
                           "(the config's evaluate: section)")
-    data = Path(spec.data).resolve() if spec.data else config.data.path("test")
+    data = str(Path(spec.data).resolve() if spec.data else config.data.local("test"))
+    source = None if spec.data else config.data.stage_source("test")  # shards on other nodes stage it too
     info = read_info(data)
     num_images = min(info["num_images"], spec.max_images or info["num_images"])
     config.store_root  # noqa: B018 -- a missing store fails before any work
     checkpoint, meta = resolve_checkpoint(config, info["num_classes"], info["source"])
     if meta["num_classes"] != info["num_classes"]:
         raise ConfigError(f"the model has {meta['num_classes']} classes but {data} has {info['num_classes']}")
-    model_id = check_name(spec.model_id or meta.get("model_id") or checkpoint.name, f"the model_id of {checkpoint}")
+    model_id = check_name(spec.model_id or meta.get("model_id") or checkpoint.rsplit("/", 1)[-1],
+                          f"the model_id of {redact(checkpoint)}")
     connect(config.ray.address, config.ray.num_cpus, verbose=config.ray.verbose)
     start, attack = time.time(), spec.attack
-    scores = evaluate_checkpoint(str(checkpoint), str(data), num_images, attack, shards=spec.shards,
+    scores = evaluate_checkpoint(checkpoint, data, source, num_images, attack, shards=spec.shards,
                                  gpus_per_shard=spec.gpus_per_shard, cpus_per_shard=spec.cpus_per_shard,
                                  batch_size=spec.batch_size)
-    row = {"model_id": model_id, "checkpoint": str(checkpoint), "dataset": info["source"], **scores,
+    row = {"model_id": model_id, "checkpoint": checkpoint, "dataset": info["source"], **scores,
            "constraint": attack.constraint, "eps": attack.eps, "steps": attack.steps, "step_size": attack.step_size,
            "restarts": attack.restarts, "seconds": time.time() - start, "git_sha": git_sha(), "created_at": now_utc()}
     append_rows(config.store_root, "evaluations", to_table([row], EVALUATIONS_SCHEMA),

@@ -32,10 +32,10 @@ def plan(config: ExperimentConfig) -> list[Job]:
 
     if config.fanout is None:
         raise ConfigError("this config has no fanout section")
-    path = config.data.path(config.fanout.split)
+    path = config.data.local(config.fanout.split)  # staged to this node from data.stage_from, where set
     info = read_info(path)
     split = SplitRef(config.data.source, config.fanout.split, str(path), (3, info["resolution"], info["resolution"]),
-                     info["num_classes"], fingerprint(path, info))
+                     info["num_classes"], fingerprint(path, info), config.data.stage_source(config.fanout.split))
     models = {name: resolve_model(config.store_root, name, info["num_classes"]) for name in config.fanout.models}
     return plan_jobs(config.fanout, models, split, read_labels(path))
 

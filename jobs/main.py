@@ -38,7 +38,7 @@ def main(config: ExperimentConfig) -> None:
         print(f"\n== summary (store: {redact(config.store_root)}) ==")
         print(table.to_string(index=False))
     report = build_report(config.store_root, config.report_root)
-    print(f"\n[main] report: {report.path} ({len(report.figures)} figures)")
+    print(f"\n[main] report: {redact(report.path)} ({len(report.figures)} figures)")
     print(f"[main] done in {time.time() - start:.0f}s", flush=True)
 
 

@@ -20,10 +20,12 @@ ALIASES = (
 
 
 def main(config: ExperimentConfig) -> None:
+    from robrep.location import redact
     from robrep.report import build_report
 
     report = build_report(config.store_root, config.report_root)
-    print(f"[report] {len(report.figures)} figures, {len(report.missing)} sections missing: {report.path}", flush=True)
+    print(f"[report] {len(report.figures)} figures, {len(report.missing)} sections missing: {redact(report.path)}",
+          flush=True)
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -12,15 +12,12 @@ from __future__ import annotations
 import sys
 import threading
 import time
-from pathlib import Path
-
-import torch
 
 from jobs.common import git_sha, run_entry_point
 from jobs.config import ExperimentConfig
 from robrep.checkpoint import model_digest, read_meta, save_checkpoint
 from robrep.errors import CheckpointError, DataError
-from robrep.location import redact
+from robrep.location import join, redact
 from robrep.models import create_model
 from robrep.store import find_model, read_table
 from robrep.store.commit import append_rows
@@ -28,12 +25,12 @@ from robrep.store.schema import MODELS_SCHEMA, now_utc, to_table
 from robrep.train import ModelSpec
 
 
-def final_checkpoint_dir(config: ExperimentConfig, model_id: str) -> Path:
-    return config.storage_root / "models" / model_id
+def final_checkpoint_dir(config: ExperimentConfig, model_id: str) -> str:
+    return join(config.storage_root, "models", model_id)
 
 
-def audit_dir(config: ExperimentConfig, model_id: str) -> Path:
-    return config.storage_root / "audit" / model_id
+def audit_dir(config: ExperimentConfig, model_id: str) -> str:
+    return join(config.storage_root, "audit", model_id)
 
 
 def already_trained(config: ExperimentConfig, model_id: str) -> bool:
@@ -91,21 +88,22 @@ class EpochProgress:
 
 
 def train_one(config: ExperimentConfig, spec: ModelSpec) -> dict:
-    from cluster.train import STATE_FILE, TrainRun, fit
+    from cluster.train import TrainRun, fit
     from datasets.beton import read_info
 
-    info = read_info(config.data.path("train"))
-    test_info = read_info(config.data.path("test"))
+    data = config.data
+    info = read_info(data.local("train"))
+    test_info = read_info(data.local("test"))
     if test_info["num_classes"] != info["num_classes"]:
         raise DataError(f"train has {info['num_classes']} classes but test has {test_info['num_classes']}")
     run = TrainRun(spec, info["num_classes"], tuple(info["mean"]), tuple(info["std"]),
-                   str(config.data.path("train")), str(config.data.path("test")), config.store_root,
-                   str(audit_dir(config, spec.model_id)) if spec.audit else None)
+                   str(data.path("train")), str(data.path("test")), config.store_root,
+                   audit_dir(config, spec.model_id) if spec.audit else None,
+                   data.stage_source("train"), data.stage_source("test"))
     start = time.time()
     with EpochProgress(config.store_root, spec):
-        state_dir = fit(run, storage_path=str(config.storage_root / "ray_train"))
+        state = fit(run, storage_path=join(config.storage_root, "ray_train"))
     seconds = time.time() - start
-    state = torch.load(state_dir / STATE_FILE, map_location="cpu", weights_only=True)
     model = create_model(spec.arch, info["num_classes"], info["mean"], info["std"], **spec.arch_kwargs)
     model.load_state_dict(state["model"])
     last = last_epoch_metrics(config, spec.model_id)
@@ -123,7 +121,7 @@ def train_one(config: ExperimentConfig, spec: ModelSpec) -> dict:
         "constraint": meta["constraint"], "eps": meta["eps"], "clean_acc": last["clean_acc"],
         "adv_acc": last["adv_acc"], "adv_eps": spec.eval_attack.eps if spec.eval_attack else None,
         "adv_steps": spec.eval_attack.steps if spec.eval_attack else None, "epochs": meta["epochs"],
-        "seconds": seconds, "checkpoint": str(checkpoint), "git_sha": meta["git_sha"], "created_at": now_utc(),
+        "seconds": seconds, "checkpoint": checkpoint, "git_sha": meta["git_sha"], "created_at": now_utc(),
         "digest": model_digest(checkpoint),
     }
 
@@ -149,7 +147,7 @@ def main(config: ExperimentConfig) -> None:
     from cluster.connect import connect
     from datasets.beton import read_info
 
-    read_info(config.data.path("train"))  # a missing dataset fails here, before Ray starts
+    read_info(config.data.local("train"))  # a missing dataset fails here, before Ray starts
     config.storage_root  # noqa: B018 -- a missing storage_path fails here too
     connect(config.ray.address, config.ray.num_cpus, verbose=config.ray.verbose)
     train_all(config)

@@ -1,57 +1,60 @@
-"""robrep's checkpoint format: `model.pt` (a plain state dict) beside `meta.json` (arch, classes, provenance).
+"""robrep's checkpoint format: `model.pt` (a plain state dict) beside `meta.json` (arch, classes, provenance), in a
+folder at a local path or a URI (s3://...).
 
 Loading uses `torch.load(weights_only=True)`: a checkpoint can hold tensors, never code.
 """
 
 from __future__ import annotations
 
+import io
 import json
-import os
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from robrep.errors import CheckpointError, ConfigError
-from robrep.location import file_digest
+from robrep.errors import CheckpointError, ConfigError, StorageError
+from robrep.location import absolute, digest_bytes, join, read_bytes, redact, write_bytes
 from robrep.models import create_model
 
 REQUIRED_META = ("arch", "num_classes", "mean", "std")
 
 
-def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict) -> Path:
-    """Write model.pt then meta.json (each via a temp file + rename, so no half-written file is left)."""
+def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict) -> str:
+    """Write model.pt then meta.json to a folder at a path or URI. Each is written whole (robrep.location), and
+    meta.json, which names the weights' digest, comes last: a reader never pairs it with other weights."""
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:
         raise CheckpointError(f"checkpoint metadata lacks {missing}")
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    tmp = directory / "model.pt.tmp"
-    torch.save(state, tmp)
-    meta = {**meta, "digest": file_digest(tmp)}  # the weights' identity: part of every fan-out job id
-    os.replace(tmp, directory / "model.pt")
-    tmp = directory / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2, sort_keys=True))
-    os.replace(tmp, directory / "meta.json")
+    directory = absolute(directory)
+    buffer = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, buffer)
+    weights = buffer.getvalue()
+    meta = {**meta, "digest": digest_bytes(weights)}  # the weights' identity: part of every fan-out job id
+    write_bytes(join(directory, "model.pt"), weights)
+    write_bytes(join(directory, "meta.json"), json.dumps(meta, indent=2, sort_keys=True).encode())
     return directory
 
 
 def model_digest(directory: str | Path) -> str:
     """The digest of a checkpoint's weights: from meta.json, or computed for checkpoints saved before it was kept."""
-    return read_meta(directory).get("digest") or file_digest(Path(directory) / "model.pt")
+    return read_meta(directory).get("digest") or digest_bytes(read_bytes(join(absolute(directory), "model.pt")))
 
 
 def read_meta(directory: str | Path) -> dict:
-    path = Path(directory) / "meta.json"
-    if not path.is_file():
-        raise CheckpointError(
-            f"no checkpoint at {str(directory)!r}: {path.name} is missing (train one with jobs.train)"
-        )
+    where = join(absolute(directory), "meta.json")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{path} is not valid JSON: {e}") from e
+        text = read_bytes(where)
+    except FileNotFoundError as e:
+        raise CheckpointError(
+            f"no checkpoint at {redact(directory)!r}: meta.json is missing (train one with jobs.train)"
+        ) from e
+    except (OSError, StorageError) as e:
+        raise CheckpointError(f"cannot read {redact(where)}: {e}") from e
+    try:
+        return json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{redact(where)} is not valid JSON: {e}") from e
 
 
 def model_from_meta(meta: dict, where: str = "meta.json") -> nn.Module:
@@ -68,15 +71,17 @@ def model_from_meta(meta: dict, where: str = "meta.json") -> nn.Module:
 def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> tuple[nn.Module, dict]:
     """Rebuild the model named in meta.json and load its weights. Raises CheckpointError on any mismatch."""
     meta = read_meta(directory)
-    model = model_from_meta(meta, str(directory))
-    weights = Path(directory) / "model.pt"
-    if not weights.is_file():
-        raise CheckpointError(f"no weights at {weights}")
-    if "digest" in meta and file_digest(weights) != meta["digest"]:
+    model = model_from_meta(meta, redact(directory))
+    weights = redact(join(absolute(directory), "model.pt"))
+    try:
+        blob = read_bytes(join(absolute(directory), "model.pt"))
+    except (FileNotFoundError, OSError, StorageError) as e:
+        raise CheckpointError(f"no weights at {weights}: {e}") from e
+    if "digest" in meta and digest_bytes(blob) != meta["digest"]:
         raise CheckpointError(f"{weights} is not the file its meta.json describes (digest mismatch): it was "
                               "changed or half-copied; copy or save the checkpoint again")
     try:
-        state = torch.load(weights, map_location=map_location, weights_only=True)
+        state = torch.load(io.BytesIO(blob), map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises several types for corrupt/unsafe files
         raise CheckpointError(f"cannot read {weights}: {e}") from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
@@ -100,11 +105,14 @@ def import_robustness_checkpoint(
 
     Raises CheckpointError when the file is unreadable, is not in that layout, or does not fit `arch`.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"no robustness checkpoint at {str(path)!r}")
+    path = absolute(path)
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=True)
+        data = read_bytes(path)
+    except (FileNotFoundError, OSError, StorageError) as e:
+        raise CheckpointError(f"no robustness checkpoint at {redact(path)!r}: {e}") from e
+    path = redact(path)
+    try:
+        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
     except Exception as e:  # unsafe pickles and corrupt files raise several types
         raise CheckpointError(f"cannot read {path} with weights_only=True: {e}") from e
     state = blob.get("model", blob.get("state_dict")) if isinstance(blob, dict) else None
@@ -130,7 +138,7 @@ def import_robustness_checkpoint(
     model.eval()
     info = {
         "arch": arch, "num_classes": num_classes, "mean": mean, "std": std, "source": "robustness",
-        "source_path": str(path), "epoch": blob.get("epoch"), **(meta or {}),
+        "source_path": path, "epoch": blob.get("epoch"), **(meta or {}),
     }
     return model, info
 

@@ -15,3 +15,7 @@ class DataError(RobrepError):
 
 class CheckpointError(RobrepError):
     """A checkpoint is missing or does not match what loads it."""
+
+
+class StorageError(RobrepError):
+    """A location cannot be opened: unknown bucket, no credentials, unreachable endpoint."""

@@ -1,13 +1,26 @@
-"""Locations: every place robrep reads or writes is a local path or a pyarrow filesystem URI
-(`s3://bucket/key`, `gs://…`, `file:///abs/path`). This module is the one place that tells them apart."""
+"""Locations: every place robrep reads or writes is a local path (a local disk or NFS) or a pyarrow filesystem
+URI (`s3://bucket/key`, `gs://bucket/key`, `file:///abs/path`, `hdfs://…`). This module is the one place that
+tells them apart, and the only one that reads or writes whole files at a location.
+
+Object stores take their endpoint and credentials the standard way of their SDK: for S3, AWS_ACCESS_KEY_ID /
+AWS_SECRET_ACCESS_KEY (or an instance profile), AWS_DEFAULT_REGION and, for S3-compatible servers (MinIO,
+Ceph), AWS_ENDPOINT_URL. Nothing here is specific to one server.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import uuid
 from pathlib import Path
 
 import pyarrow.fs as pafs
+
+from robrep.errors import ConfigError, StorageError
+
+SCHEMES = ("s3", "gs", "gcs", "file", "hdfs", "viewfs", "abfs", "abfss")
+_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/")
 
 
 def is_uri(location: str | Path) -> bool:
@@ -15,16 +28,115 @@ def is_uri(location: str | Path) -> bool:
     return "://" in str(location)
 
 
+def check(location: str | Path, key: str) -> str:
+    """The location, absolute, or a ConfigError that names `key`: a local path, or a URI of a scheme pyarrow
+    reads (a path such as `s3:/b/x`, which would silently become a local folder named `s3:`, is refused)."""
+    text = str(location).strip()
+    if not text:
+        raise ConfigError(f"{key} is empty: give a path or a URI such as s3://bucket/prefix")
+    scheme = _SCHEME.match(text)
+    if scheme and not is_uri(text):
+        raise ConfigError(f"{key}={text!r} looks like a URI with one slash; write {scheme.group(1)}://...")
+    if is_uri(text):
+        name, rest = text.split("://", 1)
+        if name.lower() not in SCHEMES:
+            raise ConfigError(f"{key}={redact(text)!r}: unknown scheme {name!r}; use a path or one of "
+                              f"{', '.join(s + '://' for s in SCHEMES)}")
+        if name.lower() != "file" and not rest.split("/", 1)[0]:
+            raise ConfigError(f"{key}={redact(text)!r} names no bucket or host: write {name}://bucket/prefix")
+    return absolute(text)
+
+
 def absolute(location: str | Path) -> str:
     """A URI as given, or the absolute form of a local path."""
-    return str(location) if is_uri(location) else str(Path(location).resolve())
+    return str(location).rstrip("/") if is_uri(location) else str(Path(location).resolve())
+
+
+def join(location: str | Path, *parts: str) -> str:
+    """`location/part/...` for a path or a URI."""
+    return "/".join([str(location).rstrip("/"), *parts])
+
+
+def parent(location: str | Path) -> str:
+    """The folder that holds `location` (for a bucket's root: the bucket itself)."""
+    text = absolute(location)
+    head, _, rest = text.partition("://") if is_uri(text) else ("", "", text)
+    if "/" not in rest.strip("/"):
+        return text
+    folder = rest.rstrip("/").rsplit("/", 1)[0] or "/"
+    return f"{head}://{folder}" if head else folder
 
 
 def filesystem(location: str | Path) -> tuple[pafs.FileSystem, str]:
     """(filesystem, base path within it) for a local path or a URI."""
     if is_uri(location):
-        return pafs.FileSystem.from_uri(str(location))
+        try:
+            return pafs.FileSystem.from_uri(str(location))
+        except (pafs.ArrowInvalid, OSError, ValueError) as e:  # ArrowInvalid is a ValueError
+            raise StorageError(f"cannot open {redact(location)}: {e}") from e
     return pafs.LocalFileSystem(), str(Path(location).resolve())
+
+
+def exists(location: str | Path) -> bool:
+    """True when a file is at the location."""
+    fs, path = filesystem(location)
+    return fs.get_file_info(path).type == pafs.FileType.File
+
+
+def read_bytes(location: str | Path) -> bytes:
+    """A whole file's bytes; FileNotFoundError when there is none."""
+    fs, path = filesystem(location)
+    if fs.get_file_info(path).type != pafs.FileType.File:
+        raise FileNotFoundError(f"no file at {redact(location)}")
+    with fs.open_input_stream(path) as stream:
+        return stream.read()
+
+
+def write_bytes(location: str | Path, data: bytes) -> str:
+    """Write a whole file so that no reader ever sees it half-written: on a local or NFS disk a fsynced temp
+    file renamed into place, on an object store one PUT (visible only once complete). Returns the location."""
+    fs, path = filesystem(location)
+    if not isinstance(fs, pafs.LocalFileSystem):
+        with fs.open_output_stream(path) as stream:
+            stream.write(data)
+        return str(location)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp"
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return str(location)
+
+
+def copy_file(source: str | Path, target: str | Path, chunk: int = 1 << 24) -> None:
+    """Copy one file between any two locations (upload, download, or within one), streamed in chunks, to a
+    temp name first so the target is never half there."""
+    src_fs, src = filesystem(source)
+    dst_fs, dst = filesystem(target)
+    local = isinstance(dst_fs, pafs.LocalFileSystem)
+    tmp = f"{os.path.dirname(dst)}/.{os.path.basename(dst)}.{uuid.uuid4().hex[:8]}.tmp" if local else dst
+    if local:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+    try:
+        with src_fs.open_input_stream(src) as inp, dst_fs.open_output_stream(tmp) as out:
+            while block := inp.read(chunk):
+                out.write(block)
+        if local:
+            os.replace(tmp, dst)
+    finally:
+        if local and os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def digest_bytes(data: bytes) -> str:
+    """sha256 of bytes (hex, 32 characters), as file_digest."""
+    return hashlib.sha256(data).hexdigest()[:32]
 
 
 def file_digest(path: str | Path) -> str:

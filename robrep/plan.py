@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Literal
 
 import numpy as np
@@ -16,7 +15,7 @@ from robrep.errors import ConfigError
 from robrep.kinds import get_kind
 from robrep.kinds.base import BlockSpec, ExpandContext, Job
 from robrep.kinds.invert import InvertSpec
-from robrep.location import redact
+from robrep.location import absolute, exists, join, redact
 from robrep.names import check_name
 from robrep.selection import IndexSpec, select_indices
 from robrep.store import find_model
@@ -73,24 +72,26 @@ class SplitRef:
 
     dataset: str
     split: str
-    path: str
+    path: str  # the .beton on each node
     image_shape: tuple[int, int, int]
     num_classes: int
     fingerprint: str  # of the .beton
+    source: str | None = None  # where each node stages the .beton from (None: `path` is on every node)
 
 
 def resolve_model(store: str, name: str, num_classes: int) -> ModelRef:
     """fanout.models entry -> ModelRef, by model_id in the store or by checkpoint folder; errors say what to do."""
     row = find_model(store, name)
     if row is None:
-        if not (Path(name) / "meta.json").is_file():
+        if not exists(join(absolute(name), "meta.json")):
             raise ConfigError(
                 f"fanout.models: {name!r} is not in the store's models table at {redact(store)}/models nor a "
                 "checkpoint "
                 "folder; train it with python -m jobs.train")
         meta = read_meta(name)
-        model_id = check_name(meta.get("model_id") or Path(name).name, f"the model_id of checkpoint {name}")
-        row = {"model_id": model_id, "checkpoint": str(Path(name).resolve()), "robust": meta.get("robust"),
+        model_id = check_name(meta.get("model_id") or absolute(name).rsplit("/", 1)[-1],
+                              f"the model_id of checkpoint {redact(name)}")
+        row = {"model_id": model_id, "checkpoint": absolute(name), "robust": meta.get("robust"),
                "eps": meta.get("eps")}
     meta = read_meta(row["checkpoint"])  # CheckpointError if the files are gone
     if meta["num_classes"] != num_classes:
@@ -111,8 +112,8 @@ def expand_block(block: BlockSpec, fan: FanoutSpec, model: ModelRef, split: Spli
     common = Job(kind=block.kind, model_id=model.model_id, dataset=split.dataset, split=split.split,
                  model_digest=model.digest, dataset_fingerprint=split.fingerprint, **pgd,
                  store_representation=block.store_representation, checkpoint=model.checkpoint,
-                 dataset_path=split.path, image_shape=split.image_shape, model_robust=model.robust,
-                 model_eps=model.eps)
+                 dataset_path=split.path, dataset_source=split.source, image_shape=split.image_shape,
+                 model_robust=model.robust, model_eps=model.eps)
     return [dataclasses.replace(common, **fields).with_id() for fields in get_kind(block.kind).expand(block, ctx)]
 
 

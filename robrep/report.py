@@ -15,14 +15,14 @@ import pandas as pd
 
 from robrep.figures import labelled_grid, line_chart
 from robrep.kinds import KINDS
-from robrep.location import redact
+from robrep.location import absolute, join, redact, write_bytes
 from robrep.store import read_table
 
 MAX_ROWS = 6  # figure rows per model
 
 
 class Report:
-    def __init__(self, out: Path):
+    def __init__(self, out: str):  # a folder at a path or a URI
         self.out, self.parts, self.figures, self.missing = out, [], [], []
         self.path: Path | None = None
 
@@ -56,23 +56,40 @@ class Report:
         self.figure(name, line_chart(series, x_label, y_label), caption)
 
     def figure(self, name: str, image, caption: str) -> None:
-        path = self.out / f"{name}.png"
-        image.save(path)
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
+        path = write_bytes(join(self.out, f"{name}.png"), buffer.getvalue())
         data = base64.b64encode(buffer.getvalue()).decode()
         self.figures.append(path)
         self.parts.append(f"<figure id='{html.escape(name)}'><img alt='{html.escape(name)}' "
                           f"src='data:image/png;base64,{data}'><figcaption>{html.escape(caption)}</figcaption></figure>")
 
-    def write(self, title: str) -> Path:
+    def write(self, title: str) -> str:
         style = ("body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse}"
                  "td,th{padding:2px 8px;border-bottom:1px solid #ddd}.note{color:#a33}img{image-rendering:pixelated}")
         page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
                 f"<style>{style}</style></head><body><h1>{html.escape(title)}</h1>{''.join(self.parts)}</body></html>")
-        self.path = self.out / "report.html"
-        self.path.write_text(page)
+        self.path = write_bytes(join(self.out, "report.html"), page.encode())
         return self.path
+
+
+SETTING = ("model_digest", "constraint", "eps", "step_size", "steps")
+
+
+def latest_setting(results: pd.DataFrame) -> pd.DataFrame:
+    """Per model and kind, only the rows of the setting (weights, constraint, eps, step size, steps) run last. A
+    store keeps every run (a tuned rerun, another step size, a retrained model); a figure's cell or a summary
+    number must be one experiment, not a mix."""
+    if results.empty:
+        return results
+    keys = [c for c in SETTING if c in results.columns]
+    setting = pd.Series([str(t) for t in results[keys].itertuples(index=False, name=None)], index=results.index)
+    ordered = results.assign(_setting=setting)
+    if "created_at" in ordered.columns:  # rows built in memory may lack it: their order is the order run
+        ordered = ordered.sort_values("created_at", kind="stable")
+    last = ordered.groupby(["model_id", "kind"])["_setting"].last()
+    wanted = pd.MultiIndex.from_frame(results[["model_id", "kind"]]).map(last.to_dict())
+    return results[setting.to_numpy() == wanted.to_numpy()]
 
 
 def summary_table(models: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
@@ -82,6 +99,7 @@ def summary_table(models: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     nearer the target than their source in pixel L2 (the Fig. 3 observation as a number).
     """
     models = models.sort_values("created_at").groupby("model_id").last() if not models.empty else models
+    results = latest_setting(results)
     rows = []
     for model_id, group in results[results["kind"] == "invert"].groupby("model_id"):
         other = group[(group["init"] == "image") & (group["source_class"] != group["target_class"])]
@@ -131,14 +149,15 @@ def _summary(report: Report, results: pd.DataFrame, models: pd.DataFrame, tune: 
                      .sort_values("metric"))
 
 
-def build_report(store: str, out: str | Path, title: str | None = None) -> Report:
-    """Write <out>/report.html and a PNG per figure; returns the Report (figures, missing sections)."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    report = Report(out)
-    models, results = read_table(store, "models"), read_table(store, "results")
+def build_report(store: str, out: str, title: str | None = None) -> Report:
+    """Write <out>/report.html and a PNG per figure (out: a folder at a path or a URI); returns the Report
+    (figures, missing sections)."""
+    report = Report(absolute(out))
+    models, results = read_table(store, "models"), latest_setting(read_table(store, "results"))
     images = read_table(store, "images")
     lookup = {(row.split, int(row.index)): row.image_png for row in images.itertuples()}
+    report.text("Every figure and the summary show, per model and kind, the setting (weights, constraint, eps, step "
+                "size, steps) run last; the store keeps every run.")
     _models_table(report, models, read_table(store, "evaluations"))
     for kind in KINDS.values():
         if kind.report is not None:

@@ -1,6 +1,9 @@
 import os
+import socket
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -55,3 +58,43 @@ def trained_pair(tmp_path_factory):
     proc = run_module("jobs.main", "--config", SMOKE, *store_overrides(tmp))
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return tmp, proc
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3-protocol server (moto's server mode) on 127.0.0.1 with one bucket, given to the code the standard
+    AWS way: AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION in the environment of
+    this process and of everything it starts. Yields (environment variables, bucket)."""
+    port = free_port()
+    log = tmp_path_factory.mktemp("moto") / "moto.log"
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=open(log, "w"), stderr=subprocess.STDOUT)
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "robrep-test",
+           "AWS_SECRET_ACCESS_KEY": "robrep-test-secret", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    bucket = f"robrep-{uuid.uuid4().hex[:8]}"
+    import boto3
+
+    deadline = time.time() + 60
+    while True:
+        try:
+            boto3.client("s3").create_bucket(Bucket=bucket)
+            break
+        except Exception:
+            assert server.poll() is None and time.time() < deadline, log.read_text()[-2000:]
+            time.sleep(0.5)
+    yield env, bucket
+    server.kill()
+    server.wait(timeout=30)
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

@@ -1,8 +1,9 @@
-"""The real `ray job submit` CLI against a head this test starts on loopback, and stops."""
+"""The real `ray job submit` CLI: README's local-head commands run verbatim; the helpers other tests start and stop
+their heads with."""
 
 import contextlib
-import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -13,18 +14,12 @@ from pathlib import Path
 import pandas as pd
 import psutil
 import pytest
-from conftest import REPO
+from conftest import REPO, free_port
 
 SMOKE = "jobs/configs/digits_smoke.yaml"
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_head(folder: Path) -> tuple[subprocess.Popen, str, str, dict]:
+def start_head(folder: Path, num_cpus: int = 2) -> tuple[subprocess.Popen, str, str, dict]:
     """`ray start --head --block` in its own process group, on loopback, with token auth:
     (process, GCS address, dashboard URL, environment for clients)."""
     bin_dir = str(Path(sys.executable).parent)
@@ -32,7 +27,7 @@ def start_head(folder: Path) -> tuple[subprocess.Popen, str, str, dict]:
     env.pop("RAY_ADDRESS", None)
     gcs_port, dash_port = free_port(), free_port()
     head = subprocess.Popen(
-        [f"{bin_dir}/ray", "start", "--head", "--block", "--num-cpus=2", "--node-ip-address=127.0.0.2",
+        [f"{bin_dir}/ray", "start", "--head", "--block", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.2",
          f"--port={gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
          "--disable-usage-stats", "--include-dashboard=true"],
         env=env, stdout=open(folder / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
@@ -66,31 +61,40 @@ def ray_head(tmp_path):
     stop_head(head)
 
 
-def submit(address: str, env: dict, *args: str) -> subprocess.CompletedProcess:
-    # The shipped working dir has no .git, so the commit travels as an environment variable.
-    runtime_env = json.dumps({"env_vars": {"ROBREP_GIT_SHA": "sha-under-test"}})
-    cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", address, "--working-dir", ".",
-           "--runtime-env-json", runtime_env, "--", "python", "-m", *args]
-    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+def readme_block(name: str) -> str:
+    """The bash block of README.md marked `<!-- verbatim: name -->`, exactly as a user copies it."""
+    text = (REPO / "README.md").read_text()
+    marker = f"<!-- verbatim: {name} -->"
+    assert marker in text, f"README.md lost its {marker} block"
+    return text.split(marker, 1)[1].split("```bash\n", 1)[1].split("```", 1)[0]
+
+
+def fresh_shell_env() -> dict:
+    """What a new login shell has after the two set-up commands: no venv on PATH, no Ray variables."""
+    return {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "HOME": os.environ["HOME"],
+            "LANG": "C.UTF-8", "TERM": "dumb"}
 
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_job_submit_smoke_succeeds_and_bad_config_fails(ray_head, tmp_path):
-    address, env = ray_head
-    sets = ["--set", f"store={tmp_path}/store", "--set", f"storage_path={tmp_path}/ckpt",
-            "--set", f"data.dir={tmp_path}/data", "--set", "ray.address=auto"]
-    ok = submit(address, env, "jobs.main", "--config", SMOKE, *sets)
-    assert ok.returncode == 0, ok.stdout[-4000:] + ok.stderr[-2000:]
-    assert "succeeded" in (ok.stdout + ok.stderr).lower()
-    results = pd.read_parquet(tmp_path / "store" / "results")
+def test_the_readmes_local_head_and_job_submit_commands_run_verbatim(tmp_path):
+    """README's local-head block, verbatim, in a fresh bash in a copy of the checkout: start a head from the venv,
+    submit the smoke pipeline with --no-wait, see its status, follow its logs, resubmit the fan-out (it skips
+    every committed job), stop Ray. It runs in its own PID namespace (`unshare --pid`, as root), so its
+    `ray stop` stops its own Ray and nothing else on the machine."""
+    with socket.socket() as probe:
+        assert probe.connect_ex(("127.0.0.1", 8265)) != 0, "port 8265 is taken: the README's head needs it"
+    checkout = tmp_path / "checkout"
+    shutil.copytree(REPO, checkout, symlinks=True,
+                    ignore=shutil.ignore_patterns(".venv", "runs", ".git", "__pycache__", ".*_cache"))
+    (checkout / ".venv").symlink_to(REPO / ".venv")
+    script = "set -eo pipefail\n" + readme_block("local-head")
+    isolated = ["unshare", "--pid", "--fork", "--mount-proc"] if os.geteuid() == 0 else []
+    proc = subprocess.run([*isolated, "bash", "-c", script], cwd=checkout, env=fresh_shell_env(),
+                          capture_output=True, text=True, timeout=900)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-6000:]
+    assert "smoke-1" in out and "'smoke-2' succeeded" in out
+    assert "[main] done" in out and "52 jobs, 52 already in the store, 0 to run" in out
+    results = pd.read_parquet(checkout / "runs" / "local" / "store" / "results")
     assert len(results) == 62 and results[results["kind"] != "top_activating"]["job_id"].is_unique
-    assert set(results["git_sha"]) == {"sha-under-test"}
-
-    again = submit(address, env, "jobs.fanout", "--config", SMOKE, *sets)  # the fan-out alone, resuming
-    assert again.returncode == 0 and "52 jobs, 52 already in the store, 0 to run" in again.stdout + again.stderr
-
-    bad = submit(address, env, "jobs.main", "--config", SMOKE, "--set", "fanout.stepz=1", *sets)
-    assert bad.returncode != 0
-    assert "failed" in (bad.stdout + bad.stderr).lower()
-    assert "unknown config key 'fanout.stepz'" in bad.stdout + bad.stderr

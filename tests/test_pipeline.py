@@ -3,6 +3,7 @@ resume, and the errors a user meets first."""
 
 import json
 import shutil
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -81,12 +82,12 @@ def test_report_has_every_figure(smoke):
     from robrep.report import build_report
 
     tmp, _ = smoke
-    report = build_report(str(tmp / "store"), tmp / "report")
-    names = {p.stem for p in report.figures}
+    report = build_report(str(tmp / "store"), str(tmp / "report"))
+    names = {Path(p).stem for p in report.figures}
     assert names == {"inversion_image", "inversion_noise", "fig4_sweep", "fig7_visualize_digits_robust",
                      "fig7_visualize_digits_standard", "fig11_manipulate", "fig12_interpolate",
                      "fig8_top_digits_robust", "fig8_top_digits_standard", "sec2_pairs_digits_standard"}
-    assert all(p.stat().st_size > 200 for p in report.figures)
+    assert all(Path(p).stat().st_size > 200 for p in report.figures)
     assert set(report.missing) <= {"tune_trials"}
     page = (tmp / "report" / "report.html").read_text()
     assert page.count("<img") == 10 and "Table 4/5" in page and "digits_robust" in page

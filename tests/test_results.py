@@ -86,3 +86,19 @@ def test_top_activating_rows_are_the_splits_extremes(store):
             assert row.activation == pytest.approx(values[row.target_index], rel=1e-6)
             assert values[order[int(row.split_rank)]] == pytest.approx(values[row.target_index], rel=1e-6)
         assert sorted(part["split_rank"]) == [0, 1, n - 2, n - 1]
+
+
+def test_figures_and_summary_use_the_setting_run_last():
+    """A store holding two runs of one kind (a tuned rerun with another step size) gives one row per figure cell."""
+    from robrep.report import latest_setting, summary_table
+
+    rows = pd.DataFrame({
+        "model_id": ["m"] * 4 + ["n"], "kind": ["invert"] * 4 + ["top_activating"], "model_digest": ["d"] * 5,
+        "constraint": ["l2"] * 4 + [None], "eps": [1.0] * 4 + [np.nan], "step_size": [0.1, 0.1, 0.3, 0.3, np.nan],
+        "steps": [10] * 4 + [0], "created_at": pd.to_datetime([1, 2, 3, 4, 1]), "init": ["image"] * 5,
+        "target_index": [0, 1, 0, 1, 0], "source_class": [1] * 5, "target_class": [2] * 5,
+        "rep_dist_rel": [0.5, 0.5, 0.1, 0.1, np.nan], "pix_dist_target": [1.0] * 5, "pix_dist_source": [2.0] * 5})
+    kept = latest_setting(rows)
+    assert list(kept.index) == [2, 3, 4]
+    summary = summary_table(pd.DataFrame(), rows)
+    assert summary.loc[0, "jobs"] == 2 and summary.loc[0, "mean_rep_dist_rel"] == pytest.approx(0.1)

@@ -87,7 +87,8 @@ class Job:
     store_representation: bool = False
     # Where things are: not part of the job's identity.
     checkpoint: str = field(default="", compare=False)
-    dataset_path: str = field(default="", compare=False)
+    dataset_path: str = field(default="", compare=False)  # the .beton on the worker's node
+    dataset_source: str | None = field(default=None, compare=False)  # where a node stages it from (data.stage_from)
     image_shape: tuple[int, ...] = field(default=(), compare=False)
     model_robust: bool = field(default=False, compare=False)
     model_eps: float = field(default=0.0, compare=False)
