@@ -7,6 +7,7 @@ with the checkout as its working dir."""
 
 import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -20,7 +21,7 @@ import psutil
 import pyarrow.fs as pafs
 import pytest
 import yaml
-from conftest import REPO, SMOKE, free_port
+from conftest import REPO, SMOKE
 from test_job_submit import start_head, stop_head
 
 pytestmark = [pytest.mark.ray, pytest.mark.ffcv, pytest.mark.slow]
@@ -95,7 +96,7 @@ def _alive_nodes(gcs: str, env: dict) -> int:
 
 def run_job(client, *args: str, timeout: int = 600) -> str:
     """Submit `python -m args` with the checkout as working dir; wait; return its logs (assert it succeeded)."""
-    job = client.submit_job(entrypoint="python -m " + " ".join(args), runtime_env={
+    job = client.submit_job(entrypoint="python -m " + shlex.join(args), runtime_env={
         "working_dir": str(REPO), "env_vars": {"ROBREP_GIT_SHA": "sha-cluster-test", "PYTHONUNBUFFERED": "1"}})
     deadline = time.time() + timeout
     while (status := client.get_job_status(job).value) not in ("SUCCEEDED", "FAILED", "STOPPED"):
@@ -151,19 +152,22 @@ def test_the_smoke_pipeline_runs_on_nodes_that_share_only_s3(cluster):
 
 
 def test_training_fanout_and_evaluate_share_one_nfs_folder(cluster):
-    """The NFS model: store, checkpoints and data in one folder every node sees, and nothing else shared."""
+    """The NFS model: store, checkpoints and data in one folder every node sees, and nothing else shared. One
+    robust model (2 ranks, one per node), a small fan-out and an evaluation."""
     client, _, _, _, shared = cluster
+    model = ("{model_id: nfs_robust, arch: small_cnn, epochs: 1, batch_size: 64, lr: 0.1, lr_milestones: [1], "
+             "attack: {eps: 2.0, steps: 3, step_size: 0.7}, eval_attack: {eps: 2.0, steps: 3, step_size: 0.7}, "
+             "placement_strategy: STRICT_SPREAD}")
     sets = ["--config", SMOKE, "--set", f"store={shared}/store", "--set", f"storage_path={shared}/ckpt",
-            "--set", f"data.dir={shared}/data", "--set", "ray.address=auto",
-            "--set", "train.digits_robust.placement_strategy=STRICT_SPREAD", "--set", "fanout.indices.n=2",
-            "--set", "train.digits_standard.epochs=1", "--set", "train.digits_robust.epochs=1"]
+            "--set", f"data.dir={shared}/data", "--set", "ray.address=auto", "--set", f"train=[{model}]",
+            "--set", "fanout.models=[nfs_robust]", "--set", "fanout.indices.n=4",
+            "--set", "fanout.jobs=[{kind: invert, inits: [noise, image], step_size: 0.1, steps: 10}]"]
     run_job(client, "jobs.main", *sets)
-    run_job(client, "jobs.evaluate", *sets, "--model", "digits_standard", "--eps", "2.0", "--step-size", "0.25",
+    run_job(client, "jobs.evaluate", *sets, "--model", "nfs_robust", "--eps", "2.0", "--step-size", "0.25",
             "--max-images", "40")
     results = pd.read_parquet(shared / "store" / "results")
-    assert set(results["node"]) == set(NODES)
+    assert len(results) == 8 and set(results["node"]) == set(NODES)
     metrics = pd.read_parquet(shared / "store" / "train_metrics")
     assert set(metrics["world_size"]) == {2}
-    assert (shared / "ckpt" / "models" / "digits_robust" / "model.pt").is_file()
+    assert (shared / "ckpt" / "models" / "nfs_robust" / "model.pt").is_file()
     assert len(pd.read_parquet(shared / "store" / "evaluations")) == 1
-    assert free_port()  # the cluster is still there for whatever runs next
