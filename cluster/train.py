@@ -211,4 +211,3 @@ def fit(run: TrainRun, *, storage_path: str) -> dict:
         raise RuntimeError(f"training run {spec.model_id!r} finished without a checkpoint")
     with result.checkpoint.as_directory() as folder:  # a local folder, downloaded if the checkpoint is remote
         return torch.load(Path(folder) / STATE_FILE, map_location="cpu", weights_only=True)
-

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import fcntl
 import json
-import os
 from pathlib import Path
 
 from datasets.beton import sidecar_path
 from robrep.errors import DataError, StorageError
-from robrep.location import copy_file, read_bytes, redact
+from robrep.location import copy_file, read_bytes, redact, write_bytes
 
 
 def _sidecar(location: str) -> str:
@@ -56,9 +55,7 @@ def stage(local: str | Path, source: str | None) -> str:
         except FileNotFoundError as e:
             raise DataError(f"data.stage_from has {Path(_sidecar(source)).name} but not {local.name}: upload both") \
                 from e
-        tmp = sidecar_path(local).with_suffix(f".json.{os.getpid()}.tmp")
-        tmp.write_bytes(sidecar)
-        os.replace(tmp, sidecar_path(local))
+        write_bytes(str(sidecar_path(local)), sidecar)
     return str(local)
 
 

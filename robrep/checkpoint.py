@@ -72,9 +72,10 @@ def load_checkpoint(directory: str | Path, map_location: str = "cpu") -> tuple[n
     """Rebuild the model named in meta.json and load its weights. Raises CheckpointError on any mismatch."""
     meta = read_meta(directory)
     model = model_from_meta(meta, redact(directory))
-    weights = redact(join(absolute(directory), "model.pt"))
+    location = join(absolute(directory), "model.pt")
+    weights = redact(location)
     try:
-        blob = read_bytes(join(absolute(directory), "model.pt"))
+        blob = read_bytes(location)
     except (FileNotFoundError, OSError, StorageError) as e:
         raise CheckpointError(f"no weights at {weights}: {e}") from e
     if "digest" in meta and digest_bytes(blob) != meta["digest"]:

@@ -92,6 +92,12 @@ def read_bytes(location: str | Path) -> bytes:
         return stream.read()
 
 
+def _temp_beside(path: str) -> str:
+    """A hidden, unique temp name in the folder of a local `path` (made if missing), to rename into place."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    return f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp"
+
+
 def write_bytes(location: str | Path, data: bytes) -> str:
     """Write a whole file so that no reader ever sees it half-written: on a local or NFS disk a fsynced temp
     file renamed into place, on an object store one PUT (visible only once complete). Returns the location."""
@@ -100,8 +106,7 @@ def write_bytes(location: str | Path, data: bytes) -> str:
         with fs.open_output_stream(path) as stream:
             stream.write(data)
         return str(location)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp"
+    tmp = _temp_beside(path)
     try:
         with open(tmp, "wb") as out:
             out.write(data)
@@ -120,9 +125,7 @@ def copy_file(source: str | Path, target: str | Path, chunk: int = 1 << 24) -> N
     src_fs, src = filesystem(source)
     dst_fs, dst = filesystem(target)
     local = isinstance(dst_fs, pafs.LocalFileSystem)
-    tmp = f"{os.path.dirname(dst)}/.{os.path.basename(dst)}.{uuid.uuid4().hex[:8]}.tmp" if local else dst
-    if local:
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
+    tmp = _temp_beside(dst) if local else dst
     try:
         with src_fs.open_input_stream(src) as inp, dst_fs.open_output_stream(tmp) as out:
             while block := inp.read(chunk):

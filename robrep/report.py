@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import html
 import io
-from pathlib import Path
 
 import pandas as pd
 
@@ -24,7 +23,7 @@ MAX_ROWS = 6  # figure rows per model
 class Report:
     def __init__(self, out: str):  # a folder at a path or a URI
         self.out, self.parts, self.figures, self.missing = out, [], [], []
-        self.path: Path | None = None
+        self.path: str | None = None  # report.html, once written
 
     def heading(self, text: str) -> None:
         self.parts.append(f"<h2>{html.escape(text)}</h2>")
@@ -87,9 +86,8 @@ def latest_setting(results: pd.DataFrame) -> pd.DataFrame:
     ordered = results.assign(_setting=setting)
     if "created_at" in ordered.columns:  # rows built in memory may lack it: their order is the order run
         ordered = ordered.sort_values("created_at", kind="stable")
-    last = ordered.groupby(["model_id", "kind"])["_setting"].last()
-    wanted = pd.MultiIndex.from_frame(results[["model_id", "kind"]]).map(last.to_dict())
-    return results[setting.to_numpy() == wanted.to_numpy()]
+    last = ordered.groupby(["model_id", "kind"])["_setting"].transform("last")  # aligned to each row's index
+    return results[setting == last.reindex(setting.index)]
 
 
 def summary_table(models: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
