@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.robrep-installed
 CONFIG ?= jobs/configs/digits.yaml
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lint
+.PHONY: demo test install lint peer
 
 demo: $(STAMP)
 	$(PY) -m jobs.main --config $(CONFIG)
@@ -20,3 +20,9 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt scripts/install.sh
 	bash scripts/install.sh $(VENV)
 	touch $@
+
+# The robustness library (the peer of bench/gpu.py) and what it imports, as wheels for a GPU machine that has no
+# package registry: carry bench/peer there with the checkout.
+peer: $(STAMP)
+	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 -d bench/peer \
+		robustness==1.2.1.post2 dill==0.4.1 tqdm==4.70.1

@@ -8,30 +8,31 @@ import torch
 from datasets.beton import read_indices
 from datasets.stage import stage
 from robrep.checkpoint import load_checkpoint
+from robrep.fast import FastModel
 from robrep.train import AttackSpec, evaluate
 
 
 @ray.remote
 def _evaluate_shard(checkpoint: str, data: str, source: str | None, indices: list[int], attack: AttackSpec | None,
-                    batch_size: int) -> dict:
+                    batch_size: int, precision: str, compile: bool) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, _ = load_checkpoint(checkpoint, map_location=device)
     images, labels = read_indices(stage(data, source), indices)
     batches = ((images[i : i + batch_size].to(device), labels[i : i + batch_size].to(device))
                for i in range(0, len(indices), batch_size))
-    return evaluate(model, batches, attack)
+    return evaluate(model, batches, attack, attack_model=FastModel(model, device, precision, compile))
 
 
 def evaluate_checkpoint(
     checkpoint: str, data: str, source: str | None, num_images: int, attack: AttackSpec | None, *, shards: int,
-    gpus_per_shard: float, cpus_per_shard: float, batch_size: int,
+    gpus_per_shard: float, cpus_per_shard: float, batch_size: int, precision: str = "fp32", compile: bool = False,
 ) -> dict:
     """{"n", "clean_acc", "adv_acc"} over the first `num_images` images of `data` (a .beton on each node, staged from
-    `source` where given), in `shards` Ray tasks."""
+    `source` where given), in `shards` Ray tasks; the attack in `precision`, compiled or not (robrep/fast.py)."""
     bounds = [round(num_images * s / shards) for s in range(shards + 1)]
     refs = [
         _evaluate_shard.options(num_gpus=gpus_per_shard, num_cpus=cpus_per_shard).remote(
-            checkpoint, data, source, list(range(lo, hi)), attack, batch_size)
+            checkpoint, data, source, list(range(lo, hi)), attack, batch_size, precision, compile)
         for lo, hi in zip(bounds, bounds[1:], strict=False) if hi > lo
     ]
     parts = ray.get(refs)

@@ -9,7 +9,6 @@ Checkpoints go to `storage_path`, a URI or a shared folder, through Ray Train's 
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import io
@@ -77,6 +76,8 @@ def _restore(model, optimizer, scheduler) -> int:
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
     torch.set_rng_state(state["rng"])
+    if "cuda_rng" in state and torch.cuda.is_available():  # the attacks' random starts are drawn on the GPU
+        torch.cuda.set_rng_state(state["cuda_rng"])
     return int(state["epoch"]) + 1
 
 
@@ -105,10 +106,11 @@ def _on_device(loader, device, max_images: int | None):
             return
 
 
-def _evaluate(model, loader, attack: AttackSpec | None, device, max_images: int | None) -> tuple[float, float]:
-    """Clean and adversarial accuracy over this rank's shard, summed over ranks.
-    (DistributedSampler pads shards by at most world_size - 1 repeats.)"""
-    counts = count_correct(model, _on_device(loader, device, max_images), attack)
+def _evaluate(model, loader, attack: AttackSpec | None, device, max_images: int | None, attack_model, precision: str
+              ) -> tuple[float, float]:
+    """Clean and adversarial accuracy over this rank's shard, summed over ranks; the attack runs on attack_model in
+    the training's precision. (DistributedSampler pads shards by at most world_size - 1 repeats.)"""
+    counts = count_correct(model, _on_device(loader, device, max_images), attack, attack_model, precision)
     n, clean, adv = _all_reduce(list(counts), device)
     return clean / max(n, 1), (adv / max(n, 1) if attack is not None else float("nan"))
 
@@ -136,6 +138,9 @@ def train_loop_per_worker(run: TrainRun) -> None:
     model = create_model(spec.arch, run.num_classes, run.mean, run.std, **spec.arch_kwargs)
     model = model.to(memory_format=torch.channels_last)
     ddp_model = prepare_model(model)  # moves to `device`; DDP over gloo (CPU) or NCCL (GPU)
+    # compile: one graph for the DDP training step and one for the attack (the unwrapped module, eval mode, frozen)
+    step_model = torch.compile(ddp_model) if spec.compile else ddp_model
+    attack_model = torch.compile(model) if spec.compile else model
     optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum,
                                 weight_decay=spec.weight_decay)
     scheduler = make_scheduler(optimizer, spec.lr_milestones, spec.lr_gamma, spec.warmup_epochs)
@@ -145,19 +150,19 @@ def train_loop_per_worker(run: TrainRun) -> None:
     loader = make_loader(train_path, spec.batch_size // world, train=True, distributed=world > 1,
                          rng_seed=spec.rng_seed, augment=spec.augment, padding=spec.padding)
     test_loader = make_loader(test_path, max(1, spec.batch_size // world), train=False, distributed=world > 1)
-    autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" and spec.bf16
-                else contextlib.nullcontext())
     for epoch in range(start_epoch, spec.epochs):
         loader.next_epoch = epoch  # the shuffle of epoch e is seeded by (rng_seed, e), so a resume replays it
         model.train()
-        start, seen, correct, loss_sum, batches, labels = time.time(), 0, 0, 0.0, 0, []
+        start, seen, batches, labels = time.time(), 0, 0, []
+        correct, loss_sum = torch.zeros((), device=device), torch.zeros((), device=device)  # summed on the device
         for x, y in loader:
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss, hits = train_step(ddp_model, optimizer, x, y, spec.attack, attack_model=model,
-                                    label_smoothing=spec.label_smoothing, autocast=autocast)
+            loss, hits = train_step(step_model, optimizer, x, y, spec.attack, attack_model=attack_model,
+                                    label_smoothing=spec.label_smoothing, precision=spec.precision)
             seen, batches, correct, loss_sum = seen + len(y), batches + 1, correct + hits, loss_sum + loss
             if run.audit_dir:
                 labels.append(y.cpu().clone())
+        correct, loss_sum = int(correct), float(loss_sum)
         _sync_buffers(model)
         lr = optimizer.param_groups[0]["lr"]
         scheduler.step()
@@ -166,7 +171,7 @@ def train_loop_per_worker(run: TrainRun) -> None:
         last = epoch + 1 == spec.epochs  # the last epoch is evaluated on the whole test set
         evaluate_now = (epoch + 1) % spec.eval_every == 0 or last
         cap = None if last or spec.eval_max_images is None else max(1, spec.eval_max_images // world)
-        clean_acc, adv_acc = (_evaluate(model, test_loader, spec.eval_attack, device, cap)
+        clean_acc, adv_acc = (_evaluate(model, test_loader, spec.eval_attack, device, cap, attack_model, spec.precision)
                               if evaluate_now else (float("nan"), float("nan")))
         metrics = {
             "model_id": spec.model_id, "epoch": epoch, "loss": loss_all / world, "train_acc": correct_all / seen_all,
@@ -182,6 +187,7 @@ def train_loop_per_worker(run: TrainRun) -> None:
                 state = {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": torch.get_rng_state(),
+                    **({"cuda_rng": torch.cuda.get_rng_state()} if device.type == "cuda" else {}),
                 }
                 torch.save(state, Path(folder) / STATE_FILE)
                 checkpoint = Checkpoint.from_directory(folder)

@@ -20,6 +20,7 @@ from datasets.beton import read_indices
 from datasets.stage import stage
 from robrep.checkpoint import load_checkpoint
 from robrep.experiments import tuning_problem
+from robrep.fast import FastModel
 from robrep.location import join
 from robrep.pgd import pgd
 from robrep.store.commit import fault_point
@@ -37,12 +38,17 @@ class TuneProblem:
     constraint: str
     eps: float
     report_every: int  # steps between reports: the unit ASHA compares trials in
+    precision: str = "fp32"  # of the trials' PGD (robrep/fast.py)
+    compile: bool = False
 
 
 def _problem(problem: TuneProblem):
-    model, _ = load_checkpoint(problem.checkpoint)
+    """On the trial's GPU where it has one."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, _ = load_checkpoint(problem.checkpoint, map_location=device)
     images, labels = read_indices(stage(problem.data, problem.data_source), list(problem.indices))
-    return tuning_problem(model, images, labels, problem.objective)
+    return tuning_problem(model, images.to(device), labels.to(device), problem.objective,
+                          fast=FastModel(model, device, problem.precision, problem.compile))
 
 
 def trainable(params: dict, problem: TuneProblem) -> None:

@@ -1,5 +1,6 @@
 """The worker side of the fan-out: what a pool actor does with a batch of jobs. It picks the device, keeps
-models and datasets loaded across batches (its cache), runs the batch's kind, and stamps the rows."""
+models (the fp32 reference and its FastModel for the PGD loops) and datasets loaded across batches (its cache),
+runs the batch's kind, and stamps the rows."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import torch
 from datasets.beton import read_all, read_indices, read_info
 from datasets.stage import stage
 from robrep.checkpoint import load_checkpoint
+from robrep.fast import FastModel
 from robrep.kinds import get_kind
 from robrep.kinds.base import BatchContext, Job
 
@@ -25,6 +27,14 @@ def _model(cache: dict, checkpoint: str, on: str) -> torch.nn.Module:
     if checkpoint not in cache:
         cache[checkpoint] = load_checkpoint(checkpoint, map_location=on)[0]
     return cache[checkpoint]
+
+
+def _fast(cache: dict, job: Job, on: str) -> FastModel:
+    """The job's model for the PGD loop in its precision, compiled once per actor where asked."""
+    key = ("fast", job.checkpoint, job.precision, job.compile)
+    if key not in cache:
+        cache[key] = FastModel(_model(cache, job.checkpoint, on), on, job.precision, job.compile)
+    return cache[key]
 
 
 def _split(cache: dict, path: str, source: str | None):
@@ -49,7 +59,7 @@ def run_batch(jobs: list[Job], cache: dict) -> list[dict]:
     """One batch of compatible jobs (one kind, one model, one PGD setting) -> rows of the kind's table."""
     first, on = jobs[0], device()
     size, get_images = _split(cache, first.dataset_path, first.dataset_source)
-    ctx = BatchContext(_model(cache, first.checkpoint, on), on, get_images, size, cache,
+    ctx = BatchContext(_model(cache, first.checkpoint, on), _fast(cache, first, on), on, get_images, size, cache,
                        (first.checkpoint, first.dataset_path))
     start = time.time()
     kind = get_kind(first.kind)

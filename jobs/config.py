@@ -113,6 +113,8 @@ class TuneSpec:
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0  # > 0: each trial (and the held-out comparison) runs on a GPU
     max_failures: int = 0  # retries of a trial whose worker dies; a trial that still fails is left out
+    precision: Literal["fp32", "bf16"] = "fp32"  # of the trials' PGD (robrep/fast.py); the metric is measured in fp32
+    compile: bool = False  # torch.compile each trial's model (pays off for long trials on a GPU)
 
     def validate(self) -> None:
         check_name(self.model, "tune.model")
@@ -149,6 +151,8 @@ class EvaluateSpec:
     shards: int = 2  # Ray tasks the test set is split over
     gpus_per_shard: float = 0.0
     cpus_per_shard: float = 1.0
+    precision: Literal["fp32", "bf16"] = "fp32"  # of the attack (robrep/fast.py); predictions are in fp32
+    compile: bool = False  # torch.compile the attacked model
 
     def validate(self) -> None:
         if self.model_id is not None:

@@ -43,6 +43,8 @@ ALIASES = (
     Alias("--batch-size", "evaluate.batch_size", int),
     Alias("--shards", "evaluate.shards", int, "Ray tasks the test set is split over"),
     Alias("--gpus", "evaluate.gpus_per_shard", float, "GPUs per shard"),
+    Alias("--precision", "evaluate.precision", help="of the attack: fp32 or bf16"),
+    Alias("--compile", "evaluate.compile", bool, "torch.compile the attacked model"),
     Alias("--address", "ray.address", help="Ray address; default: local Ray, or the job's cluster"),
 )
 
@@ -119,7 +121,7 @@ def main(config: ExperimentConfig) -> None:
     start, attack = time.time(), spec.attack
     scores = evaluate_checkpoint(checkpoint, data, source, num_images, attack, shards=spec.shards,
                                  gpus_per_shard=spec.gpus_per_shard, cpus_per_shard=spec.cpus_per_shard,
-                                 batch_size=spec.batch_size)
+                                 batch_size=spec.batch_size, precision=spec.precision, compile=spec.compile)
     row = {"model_id": model_id, "checkpoint": checkpoint, "dataset": info["source"], **scores,
            "constraint": attack.constraint, "eps": attack.eps, "steps": attack.steps, "step_size": attack.step_size,
            "restarts": attack.restarts, "seconds": time.time() - start, "git_sha": git_sha(), "created_at": now_utc()}

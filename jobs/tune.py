@@ -50,11 +50,14 @@ def main(config: ExperimentConfig) -> None:
     if set(tune_idx) & set(holdout_idx):
         raise ConfigError("tune.tune_indices and tune.holdout_indices overlap: the comparison must be on unseen images")
     connect(config.ray.address, config.ray.num_cpus, verbose=config.ray.verbose)
-    # The run's name: what it tunes (the section, less where its result goes), on which weights and data.
-    what = {**to_plain(spec), "output": None, "digest": model["digest"], "data": fingerprint(data, info)}
+    # The run's name: what it tunes (the section, less where its result goes and how fast it runs; precision only
+    # when not fp32, so runs from before precision existed keep their names), on which weights and data.
+    section = {k: v for k, v in to_plain(spec).items() if k != "compile" and (k, v) != ("precision", "fp32")}
+    what = {**section, "output": None, "digest": model["digest"], "data": fingerprint(data, info)}
     run_id, start = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12], time.time()
     problem = TuneProblem(str(model["checkpoint"]), str(config.data.path("test")), config.data.stage_source("test"),
-                          tuple(tune_idx), spec.objective, spec.constraint, spec.eps, spec.report_every)
+                          tuple(tune_idx), spec.objective, spec.constraint, spec.eps, spec.report_every,
+                          spec.precision, spec.compile)
     default = {"step_size": spec.default_step_size, "steps": spec.default_steps}
     resources = {"cpu": spec.cpus_per_trial, **({"gpu": spec.gpus_per_trial} if spec.gpus_per_trial else {})}
     print(f"[tune] run {run_id}: {spec.num_samples} trials over step_size and steps on {len(tune_idx)} images",

@@ -15,10 +15,11 @@ from robrep.pgd import pgd
 GetImages = Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]]  # indices -> (x (B,C,H,W) in [0,1], y (B,))
 
 
-def noise_image(shape: tuple[int, ...], rng_seed: int) -> torch.Tensor:
-    """The paper's noise start (A.6 notebooks): randn/20 + 0.5, clamped to [0,1]; one seed per example."""
-    generator = torch.Generator().manual_seed(rng_seed)
-    return (torch.randn(shape, generator=generator) / 20 + 0.5).clamp(0, 1)
+def noise_image(shape: tuple[int, ...], rng_seed: int, device: str | torch.device = "cpu") -> torch.Tensor:
+    """The paper's noise start (A.6 notebooks): randn/20 + 0.5, clamped to [0,1]; one seed per example, drawn by a
+    generator on `device` (so the same seed gives the same image on every device of one type)."""
+    generator = torch.Generator(device=device).manual_seed(rng_seed)
+    return (torch.randn(shape, generator=generator, device=device) / 20 + 0.5).clamp(0, 1)
 
 
 def invert(
@@ -67,8 +68,11 @@ def split_representations(model: nn.Module, get_images: GetImages, size: int, de
     return torch.cat(reps), torch.cat(labels)
 
 
-def tuning_problem(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, objective: str, rng_seed: int = 0):
-    """(loss_fn, x0, measure) for tuning PGD: `measure(x)` is the number to minimise.
+def tuning_problem(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, objective: str, rng_seed: int = 0,
+                   fast: nn.Module | None = None):
+    """(loss_fn, x0, measure) for tuning PGD: `measure(x)` is the number to minimise. The loss runs on `fast`
+    (default `model`; e.g. a robrep.fast.FastModel), the measure on `model` in fp32. images and labels are on the
+    model's device.
 
     inversion: Eq. 4 from the paper's noise start towards each image; measure = mean rep_dist_rel.
     attack: untargeted CE from the image itself; measure = accuracy on x (lower = stronger attack).
@@ -76,20 +80,22 @@ def tuning_problem(model: nn.Module, images: torch.Tensor, labels: torch.Tensor,
     from robrep.objectives import inversion_loss, untargeted_attack
 
     model.eval()
+    fast = model if fast is None else fast
     if objective == "inversion":
         with torch.no_grad():
             target_rep = model.representation(images)
-        x0 = torch.stack([noise_image(tuple(images.shape[1:]), rng_seed + i) for i in range(len(images))])
+        x0 = torch.stack([noise_image(tuple(images.shape[1:]), rng_seed + i, images.device)
+                          for i in range(len(images))])
 
         def measure(x: torch.Tensor) -> float:
             with torch.no_grad():
                 return float(inversion_loss(model.representation(x), target_rep).mean())
 
-        return inversion(model, target_rep), x0, measure
+        return inversion(fast, target_rep), x0, measure
     if objective == "attack":
         def accuracy(x: torch.Tensor) -> float:
             with torch.no_grad():
                 return float((model(x).argmax(1) == labels).float().mean())
 
-        return untargeted_attack(model, labels), images.clone(), accuracy
+        return untargeted_attack(fast, labels), images.clone(), accuracy
     raise ValueError(f"unknown tuning objective {objective!r}; use inversion or attack")

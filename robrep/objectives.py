@@ -41,7 +41,7 @@ def interpolation_lams(t: int) -> torch.Tensor:
 def visualization(model: nn.Module, coordinates: torch.Tensor) -> LossFn:
     """Eq. 5: maximise R(x)_i (loss -R(x)_i), with the gradient through a fake ReLU on the last activation
     (A.6.1), so a dead unit still gets a gradient. coordinates: (B,) int64."""
-    rows = torch.arange(len(coordinates))
+    rows = torch.arange(len(coordinates), device=coordinates.device)
     return lambda x: -model.representation(x, fake_relu=True)[rows, coordinates]
 
 
@@ -52,7 +52,7 @@ class Manipulation:
 
     def __init__(self, model: nn.Module, coordinates: torch.Tensor):
         self.model, self.coordinates = model, coordinates
-        self.rows = torch.arange(len(coordinates))
+        self.rows = torch.arange(len(coordinates), device=coordinates.device)
         self._rep: torch.Tensor | None = None
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -106,14 +106,16 @@ def regularized_visualization(
     generator: torch.Generator | None = None,
 ) -> LossFn:
     """The Lucid-style baseline of Fig. 10 for standard models: Eq. 5 on a copy of x randomly jittered
-    (up to `jitter` pixels) and rotated (up to `max_degrees`), drawn afresh per example at every step."""
-    rows = torch.arange(len(coordinates))
+    (up to `jitter` pixels) and rotated (up to `max_degrees`), drawn afresh per example at every step, on x's
+    device (`generator` must live there)."""
+    rows = torch.arange(len(coordinates), device=coordinates.device)
 
     def loss(x: torch.Tensor) -> torch.Tensor:
         batch, size = x.shape[0], x.shape[-1]
-        pixels = torch.randint(-jitter, jitter + 1, (batch, 2), generator=generator).to(x.dtype)
-        angle = (torch.rand(batch, generator=generator, dtype=x.dtype) * 2 - 1) * math.radians(max_degrees)
-        moved = _rotate_shift(x, angle.to(x.device), (2 * pixels / size).to(x.device))
+        pixels = torch.randint(-jitter, jitter + 1, (batch, 2), generator=generator, device=x.device).to(x.dtype)
+        angle = (torch.rand(batch, generator=generator, dtype=x.dtype, device=x.device) * 2 - 1) \
+            * math.radians(max_degrees)
+        moved = _rotate_shift(x, angle, 2 * pixels / size)
         return -model.representation(moved, fake_relu=True)[rows, coordinates]
 
     return loss

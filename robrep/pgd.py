@@ -1,8 +1,11 @@
 """Projected gradient descent over the input: the one engine behind attacks, training and every
 representation experiment. Every objective is a per-example loss (B,) that PGD *minimises*.
 
-Cost: each step is one forward and one input-gradient backward. One extra no-grad forward per restart
-measures the loss of the returned iterate. eps and step_size are in [0,1]-pixel units, a scalar or (B,).
+Cost: each step is one forward and one input-gradient backward, with no host work: random starts are drawn on
+x0's device, the best iterate is kept with torch.where, and an early stop (stop_fn) is checked on the host only
+every STOP_CHECK_EVERY steps (examples flagged done stop moving at once; the check only ends the loop). One extra
+no-grad forward per restart measures the loss of the returned iterate. eps and step_size are in [0,1]-pixel
+units, a scalar or (B,).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import torch
 
 LossFn = Callable[[torch.Tensor], torch.Tensor]  # x (B, C, H, W) -> loss (B,)
 StopFn = Callable[[], torch.Tensor]  # () -> done (B,) bool, judged on the iterate of the last loss_fn call
+STOP_CHECK_EVERY = 8  # steps between the host syncs that end the loop once every example is done
 
 
 @dataclass
@@ -24,8 +28,8 @@ class PGDResult:
 
 
 def _norm(t: torch.Tensor) -> torch.Tensor:
-    """(B, ...) -> (B, 1, ..., 1) per-example L2 norm, broadcastable back."""
-    return t.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, *([1] * (t.dim() - 1)))
+    """(B, ...) -> (B, 1, ..., 1) per-example L2 norm (at least 1e-12), broadcastable back; any memory layout."""
+    return torch.linalg.vector_norm(t, dim=tuple(range(1, t.dim())), keepdim=True).clamp_min(1e-12)
 
 
 class L2Step:
@@ -33,18 +37,18 @@ class L2Step:
 
     @staticmethod
     def step(x: torch.Tensor, grad: torch.Tensor, step_size: torch.Tensor) -> torch.Tensor:
-        return x - step_size * grad / _norm(grad)
+        return torch.addcmul(x, grad, step_size / _norm(grad), value=-1.0)  # one pass over the image
 
     @staticmethod
     def project(x: torch.Tensor, center: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
         delta = x - center
-        return (center + delta * torch.clamp(eps / _norm(delta), max=1.0)).clamp(0.0, 1.0)
+        return torch.addcmul(center, delta, torch.clamp(eps / _norm(delta), max=1.0)).clamp_(0.0, 1.0)
 
     @staticmethod
     def random_start(center: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        """Uniform in the ball: direction ~ Gaussian, radius ~ eps * U^(1/d)."""
-        noise = torch.randn(center.shape, generator=generator, dtype=center.dtype).to(center.device)
-        u = torch.rand((center.shape[0],), generator=generator, dtype=center.dtype).to(center.device)
+        """Uniform in the ball: direction ~ Gaussian, radius ~ eps * U^(1/d). Drawn on center's device."""
+        noise = torch.randn(center.shape, generator=generator, dtype=center.dtype, device=center.device)
+        u = torch.rand((center.shape[0],), generator=generator, dtype=center.dtype, device=center.device)
         radius = eps * u.pow(1.0 / center[0].numel()).view_as(eps)
         return (center + radius * noise / _norm(noise)).clamp(0.0, 1.0)
 
@@ -62,7 +66,7 @@ class LinfStep:
 
     @staticmethod
     def random_start(center: torch.Tensor, eps: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-        u = torch.rand(center.shape, generator=generator, dtype=center.dtype).to(center.device)
+        u = torch.rand(center.shape, generator=generator, dtype=center.dtype, device=center.device)
         return (center + (2 * u - 1) * eps).clamp(0.0, 1.0)
 
 
@@ -87,9 +91,12 @@ def get_step(constraint: str):
 
 
 def _as_column(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """Scalar or (B,) -> (B, 1, 1, 1) on like's device and dtype."""
-    t = torch.as_tensor(value, dtype=like.dtype, device=like.device)
-    return t.expand(like.shape[0]).reshape(-1, *([1] * (like.dim() - 1)))
+    """Scalar or (B,) -> (B, 1, 1, 1) on like's device and dtype. A Python number is filled in on the device
+    (no host-to-device copy, which would sync)."""
+    shape = (like.shape[0], *([1] * (like.dim() - 1)))
+    if not isinstance(value, torch.Tensor):
+        return torch.full(shape, float(value), dtype=like.dtype, device=like.device)
+    return value.to(like.device, like.dtype).expand(like.shape[0]).reshape(shape)
 
 
 def _run(loss_fn, x, center, rule, eps, step_size, steps, keep_best, stop_fn) -> PGDResult:
@@ -97,8 +104,9 @@ def _run(loss_fn, x, center, rule, eps, step_size, steps, keep_best, stop_fn) ->
     batch = x.shape[0]
     active = torch.ones(batch, dtype=torch.bool, device=x.device)
     steps_taken = torch.zeros(batch, dtype=torch.int64, device=x.device)
-    best_x, best_loss = x.clone(), torch.full((batch,), float("inf"), device=x.device)
-    for _ in range(steps):
+    best_x = x.clone() if keep_best else x
+    best_loss = torch.full((batch,), float("inf"), device=x.device)
+    for step in range(steps):
         x.requires_grad_(True)
         loss = loss_fn(x)  # (B,)
         (grad,) = torch.autograd.grad(loss.sum(), x)
@@ -107,19 +115,19 @@ def _run(loss_fn, x, center, rule, eps, step_size, steps, keep_best, stop_fn) ->
             if keep_best:
                 better = loss.detach() < best_loss
                 best_loss = torch.where(better, loss.detach(), best_loss)
-                best_x[better] = x[better]
+                best_x = torch.where(better.view(-1, 1, 1, 1), x, best_x)
             if stop_fn is not None:
                 active &= ~stop_fn()
-                if not active.any():
+                if step % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and not active.any():
                     break
             moved = rule.project(rule.step(x, grad, step_size), center, eps)
-            x = torch.where(active.view(-1, 1, 1, 1), moved, x)
+            x = moved if stop_fn is None else torch.where(active.view(-1, 1, 1, 1), moved, x)
             steps_taken += active
     with torch.no_grad():
         final_loss = loss_fn(x).detach()
     if keep_best:
         better = final_loss < best_loss
-        best_x[better] = x[better]
+        best_x = torch.where(better.view(-1, 1, 1, 1), x, best_x)
         return PGDResult(best_x, torch.where(better, final_loss, best_loss), steps_taken)
     return PGDResult(x, final_loss, steps_taken)
 
@@ -144,6 +152,7 @@ def pgd(
     restarts > 1 reruns from fresh random starts (needs random_start) and keeps each example's lowest
     loss. keep="best" returns each example's best iterate seen, "last" the final one. stop_fn, called
     right after each loss_fn(x), flags examples that are done: they stop moving, and steps_taken says when.
+    generator: on x0's device (random starts are drawn there); None uses that device's default generator.
     """
     rule = get_step(constraint)
     if keep not in ("last", "best"):

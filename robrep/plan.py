@@ -39,6 +39,8 @@ class FanoutSpec:
     gpus_per_worker: float = 0.0  # fractional GPUs are fine, e.g. 0.25 puts four workers on a GPU
     max_retries: int = 3  # a batch whose worker dies is retried this often
     wait_for_lease: bool = False  # another driver holds the store's writer lease: queue behind it, not fail
+    precision: Literal["fp32", "bf16"] = "fp32"  # of the PGD loops (robrep/fast.py); rows are measured in fp32
+    compile: bool = False  # torch.compile the model of the PGD loops (`compile: on`)
 
     def validate(self) -> None:
         if not self.models:
@@ -113,7 +115,7 @@ def expand_block(block: BlockSpec, fan: FanoutSpec, model: ModelRef, split: Spli
                  model_digest=model.digest, dataset_fingerprint=split.fingerprint, **pgd,
                  store_representation=block.store_representation, checkpoint=model.checkpoint,
                  dataset_path=split.path, dataset_source=split.source, image_shape=split.image_shape,
-                 model_robust=model.robust, model_eps=model.eps)
+                 model_robust=model.robust, model_eps=model.eps, precision=fan.precision, compile=fan.compile)
     return [dataclasses.replace(common, **fields).with_id() for fields in get_kind(block.kind).expand(block, ctx)]
 
 
@@ -135,5 +137,6 @@ def pack(jobs: list[Job], batch_size: int) -> list[list[Job]]:
     """Group compatible jobs (same model, kind and PGD settings) into batches of at most batch_size."""
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
-        groups.setdefault((job.model_id, job.kind, job.constraint, job.step_size, job.steps), []).append(job)
+        key = (job.model_id, job.kind, job.constraint, job.step_size, job.steps, job.precision, job.compile)
+        groups.setdefault(key, []).append(job)
     return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]

@@ -72,13 +72,13 @@ class Report:
         return self.path
 
 
-SETTING = ("model_digest", "constraint", "eps", "step_size", "steps")
+SETTING = ("model_digest", "constraint", "eps", "step_size", "steps", "precision")
 
 
 def latest_setting(results: pd.DataFrame) -> pd.DataFrame:
-    """Per model and kind, only the rows of the setting (weights, constraint, eps, step size, steps) run last. A
-    store keeps every run (a tuned rerun, another step size, a retrained model); a figure's cell or a summary
-    number must be one experiment, not a mix."""
+    """Per model and kind, only the rows of the setting (weights, constraint, eps, step size, steps, precision) run
+    last. A store keeps every run (a tuned rerun, another step size, a retrained model, bf16 beside fp32); a figure's
+    cell or a summary number must be one experiment, not a mix."""
     if results.empty:
         return results
     keys = [c for c in SETTING if c in results.columns]

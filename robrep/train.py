@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from robrep.errors import ConfigError
+from robrep.fast import autocast, eval_mode, frozen
 from robrep.models import list_models
 from robrep.names import check_name
 from robrep.objectives import untargeted_ce_loss
@@ -69,7 +69,8 @@ class ModelSpec:
     eval_attack: AttackSpec | None = None  # PGD for adversarial test accuracy; None = no adversarial eval
     eval_every: int = 1  # epochs between evaluations during training (the last epoch is always evaluated)
     eval_max_images: int | None = None  # evaluate during training on the first n test images (None: all)
-    bf16: bool = True  # bf16 autocast, on GPU only
+    precision: Literal["fp32", "bf16"] = "fp32"  # of the attack and the forward pass (bf16 autocast); GPU presets: bf16
+    compile: bool = False  # torch.compile the model for the training step and the attack (`compile: on`)
     num_workers: int = 2
     use_gpu: bool = False
     cpus_per_worker: float = 1.0
@@ -98,17 +99,16 @@ class ModelSpec:
 
 
 def adversarial_examples(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec, keep: str = "last"
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec, keep: str = "last", precision: str = "fp32"
 ) -> torch.Tensor:
-    """PGD that maximises CE within the eps-ball, with the model in eval mode (BN statistics frozen).
+    """PGD that maximises CE within the eps-ball, with the model in eval mode (BN statistics frozen) and its
+    parameters frozen (input gradients only), under `precision` (robrep.fast.autocast).
 
     keep="best" returns each example's highest-loss iterate (for evaluation), "last" the final one.
     """
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model), frozen(model), autocast(x.device, precision):
         result = pgd(
-            lambda z: untargeted_ce_loss(model(z), y),
+            lambda z: untargeted_ce_loss(model(z).float(), y),
             x,
             eps=attack.eps,
             step_size=attack.step_size,
@@ -118,8 +118,6 @@ def adversarial_examples(
             restarts=attack.restarts,
             keep=keep,
         )
-    finally:
-        model.train(was_training)
     return result.x
 
 
@@ -131,48 +129,56 @@ def train_step(
     attack: AttackSpec | None,
     attack_model: nn.Module | None = None,
     label_smoothing: float = 0.0,
-    autocast: contextlib.AbstractContextManager | None = None,
-) -> tuple[float, int]:
-    """One SGD step on clean (attack=None) or adversarial inputs. Returns (mean loss, #correct).
+    precision: str = "fp32",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on clean (attack=None) or adversarial inputs. Returns (mean loss, #correct) as 0-d tensors on
+    the device, so a loop that sums them syncs with the host once per epoch, not per step.
 
     attack_model: the module the attack differentiates (default `model`). Under DDP pass the unwrapped
     module, so the attack's input-gradient passes never enter DDP's gradient synchronisation.
-    autocast: a context (e.g. bf16 autocast on GPU) for the attack and the forward; backward runs outside.
+    precision: of the attack and the forward (bf16 autocast); backward runs outside autocast.
     """
-    with autocast or contextlib.nullcontext():
-        inputs = x if attack is None else adversarial_examples(attack_model or model, x, y, attack)
-        model.train()
+    attacked = model if attack_model is None else attack_model  # (a compiled module has no truth value)
+    inputs = x if attack is None else adversarial_examples(attacked, x, y, attack, precision=precision)
+    model.train()
+    with autocast(x.device, precision):
         logits = model(inputs)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
-    return loss.item(), int((logits.argmax(1) == y).sum())
+    return loss.detach(), (logits.argmax(1) == y).sum()
 
 
 def count_correct(
-    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], attack: AttackSpec | None
+    model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], attack: AttackSpec | None,
+    attack_model: nn.Module | None = None, precision: str = "fp32",
 ) -> tuple[int, int, int]:
     """(examples, clean correct, adversarially correct under `attack`; 0 when None) over (x, y) batches.
 
-    An example counts as robust only if the strongest iterate of every restart is still classified right.
+    The attack runs on attack_model (default `model`; e.g. a robrep.fast.FastModel) in `precision`; every
+    prediction, clean and adversarial, is `model`'s own, in fp32. An example counts as robust only if the
+    strongest iterate of every restart is still classified right.
     """
     model.eval()
+    attacked = model if attack_model is None else attack_model
     n = clean = adv = 0
     for x, y in batches:
         with torch.no_grad():
             clean += int((model(x).argmax(1) == y).sum())
         if attack is not None:
-            x_adv = adversarial_examples(model, x, y, attack, keep="best")
+            x_adv = adversarial_examples(attacked, x, y, attack, keep="best", precision=precision)
             with torch.no_grad():
                 adv += int((model(x_adv).argmax(1) == y).sum())
         n += len(y)
     return n, clean, adv
 
 
-def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], attack: AttackSpec | None) -> dict:
-    """Clean accuracy, and adversarial accuracy under `attack` (NaN when None), over (x, y) batches."""
-    n, clean, adv = count_correct(model, batches, attack)
+def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], attack: AttackSpec | None,
+             attack_model: nn.Module | None = None, precision: str = "fp32") -> dict:
+    """Clean accuracy, and adversarial accuracy under `attack` (NaN when None), over (x, y) batches
+    (see count_correct for attack_model and precision)."""
+    n, clean, adv = count_correct(model, batches, attack, attack_model, precision)
     if n == 0:
         raise ValueError("evaluate() got no batches")
     return {"n": n, "clean_acc": clean / n, "adv_acc": adv / n if attack is not None else float("nan")}

@@ -1,19 +1,26 @@
-"""On a CUDA device: the engine runs there and agrees with the CPU. Skipped without CUDA. Imports robrep alone
-(the GPU machines we measure on have torch but no Ray or FFCV)."""
+"""On a CUDA device: the engine runs there, agrees with the CPU, and does no host work inside PGD. Skipped without
+CUDA. Imports robrep alone (the GPU machines we measure on have torch but no Ray or FFCV):
+`pytest --noconftest tests/test_gpu.py` runs it there."""
 
 import pytest
 import torch
 
+from robrep.experiments import noise_image
+from robrep.fast import FastModel
+from robrep.kinds import get_kind
+from robrep.kinds.base import BatchContext, Job
 from robrep.models import create_model
 from robrep.objectives import inversion
 from robrep.pgd import pgd
+from robrep.train import AttackSpec, adversarial_examples
 
-pytestmark = pytest.mark.gpu
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]
+MEAN, STD = [0.5] * 3, [0.25] * 3
 
 
 def test_pgd_on_cuda_matches_the_cpu():
     torch.manual_seed(0)
-    model = create_model("cifar_resnet18", 10, [0.5] * 3, [0.25] * 3).eval()
+    model = create_model("cifar_resnet18", 10, MEAN, STD).eval()
     x0, target = torch.rand(8, 3, 32, 32), torch.rand(8, 3, 32, 32)
     results = {}
     for device in ("cpu", "cuda"):
@@ -25,3 +32,40 @@ def test_pgd_on_cuda_matches_the_cpu():
         results[device] = result.loss.cpu()
     torch.testing.assert_close(results["cuda"], results["cpu"], rtol=1e-3, atol=1e-4)
 
+
+def test_random_starts_and_noise_are_drawn_on_the_gpu_and_pgd_never_syncs():
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet18", 10, MEAN, STD).eval()
+    x0 = noise_image((3, 32, 32), 5, "cuda")
+    assert x0.device.type == "cuda" and torch.equal(x0, noise_image((3, 32, 32), 5, "cuda"))
+    x0 = torch.stack([noise_image((3, 32, 32), s, "cuda") for s in range(16)])
+    y = torch.randint(0, 10, (16,), device="cuda")
+    for precision in ("fp32", "bf16"):
+        fast = FastModel(model, "cuda", precision)
+        attack = AttackSpec(eps=1.0, steps=5, step_size=0.25, restarts=2)
+        adversarial_examples(fast, x0, y, attack, keep="best")  # warm-up: cuDNN's autotuner syncs while it searches
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")  # any synchronising call inside raises
+        try:
+            x_adv = adversarial_examples(fast, x0, y, attack, keep="best")
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+        assert x_adv.device.type == "cuda" and ((x_adv - x0).flatten(1).norm(dim=1) <= 1.0 + 1e-3).all()
+
+
+def test_the_invert_and_manipulate_kinds_run_on_the_gpu_in_bf16():
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet18", 10, MEAN, STD).cuda().eval()
+    images, labels = torch.rand(6, 3, 32, 32), torch.arange(6)
+    ctx = BatchContext(model, FastModel(model, "cuda", "bf16"), "cuda", lambda idx: (images[idx], labels[idx]), 6, {},
+                       ("model", "data"))
+    invert = [Job(kind="invert", model_id="m", dataset="d", split="test", target_index=t, source_index=(t + 1) % 6,
+                  init=init, rng_seed=t, constraint="l2", eps=1000.0, step_size=0.5, steps=20, precision="bf16")
+              for t in range(6) for init in ("noise", "image")]
+    rows = get_kind("invert").run(ctx, invert)
+    assert len(rows) == 12 and all(r["precision"] == "bf16" and 0 <= r["rep_dist_rel"] < 1 for r in rows)
+    manipulate = [Job(kind="manipulate", model_id="m", dataset="d", split="test", source_index=s, init="image",
+                      coordinate=3, constraint="l2", eps=1000.0, step_size=0.5, steps=50, precision="bf16")
+                  for s in range(6)]
+    rows = get_kind("manipulate").run(ctx, manipulate)
+    assert len(rows) == 6 and all(0 <= r["steps_taken"] <= 50 for r in rows)

@@ -85,18 +85,24 @@ class Job:
     lam: float = math.nan
     images_per_end: int = 0  # top_activating: the k most and k least activating images
     store_representation: bool = False
-    # Where things are: not part of the job's identity.
+    precision: str = "fp32"  # of the PGD loop (robrep/fast.py); in the job's identity unless fp32
+    # Where things are and how fast they run: not part of the job's identity.
     checkpoint: str = field(default="", compare=False)
     dataset_path: str = field(default="", compare=False)  # the .beton on the worker's node
     dataset_source: str | None = field(default=None, compare=False)  # where a node stages it from (data.stage_from)
     image_shape: tuple[int, ...] = field(default=(), compare=False)
     model_robust: bool = field(default=False, compare=False)
     model_eps: float = field(default=0.0, compare=False)
+    compile: bool = field(default=False, compare=False)  # torch.compile the PGD loop's model
     job_id: str = field(default="", compare=False)
 
     def identity(self) -> dict:
-        """The fields that change a result."""
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
+        """The fields that change a result. precision "fp32" is left out, so the ids of the jobs run before
+        precision existed (all fp32) stay the same and a store keeps resuming them."""
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
+        if fields["precision"] == "fp32":
+            del fields["precision"]
+        return fields
 
     def with_id(self) -> Job:
         canonical = json.dumps(self.identity(), sort_keys=True)
@@ -106,7 +112,7 @@ class Job:
         """The job's own columns of a result row."""
         names = ("kind", "model_id", "dataset", "split", "target_index", "source_index", "init", "rng_seed",
                  "constraint", "eps", "step_size", "steps", "coordinate", "lam", "job_id", "model_robust", "model_eps",
-                 "model_digest", "dataset_fingerprint")
+                 "model_digest", "dataset_fingerprint", "precision")
         return {name: getattr(self, name) for name in names}
 
 
@@ -122,10 +128,12 @@ class ExpandContext:
 
 @dataclass
 class BatchContext:
-    """What a worker hands a kind's `run`: the model in eval mode on `device`, images by index, and a memo
-    that outlives the batch (the actor's cache) for things computed once per model and split."""
+    """What a worker hands a kind's `run`: the model in eval mode on `device` (the fp32 reference: targets and
+    measurements), `fast`, the same model for the PGD loop (robrep.fast.FastModel in the jobs' precision), images
+    by index, and a memo that outlives the batch (the actor's cache) for things computed once per model and split."""
 
     model: nn.Module
+    fast: nn.Module
     device: str
     get_images: GetImages
     split_size: int

@@ -28,19 +28,20 @@ class BatchImages:
         return torch.stack([self.by_index[i] for i in indices]).to(self.device)
 
     def starts(self, jobs: list[Job]) -> torch.Tensor:
-        """x0 per job: noise (seeded), gray, the source image, or the pixel-space mix for interpolation."""
+        """x0 per job on the device: noise (drawn there, seeded per job), gray, the source image, or the pixel-space
+        mix for interpolation."""
+        on = {i: image.to(self.device) for i, image in self.by_index.items()}
         starts = []
         for job in jobs:
             if job.init == "noise":
-                starts.append(noise_image(self.shape, job.rng_seed))
+                starts.append(noise_image(self.shape, job.rng_seed, self.device))
             elif job.init == "gray":
-                starts.append(torch.full(self.shape, 0.5))
+                starts.append(torch.full(self.shape, 0.5, device=self.device))
             elif job.init == "interp":
-                target, source = self.by_index[job.target_index], self.by_index[job.source_index]
-                starts.append(job.lam * target + (1 - job.lam) * source)
+                starts.append(job.lam * on[job.target_index] + (1 - job.lam) * on[job.source_index])
             else:
-                starts.append(self.by_index[job.source_index])
-        return torch.stack(starts).to(self.device)
+                starts.append(on[job.source_index])
+        return torch.stack(starts)
 
 
 def run_pgd(ctx: BatchContext, jobs: list[Job], loss_fn, x0: torch.Tensor, stop_fn=None) -> PGDResult:
@@ -56,7 +57,7 @@ def run_inversion(ctx: BatchContext, jobs: list[Job], images: BatchImages, targe
     """Eq. 4 towards target_rep (B, D) from each job's start; pixel distances to each job's target image."""
     x0 = images.starts(jobs)
     targets = images.stack([j.target_index for j in jobs])
-    result = run_pgd(ctx, jobs, inversion(ctx.model, target_rep), x0)
+    result = run_pgd(ctx, jobs, inversion(ctx.fast, target_rep), x0)
     out = measure(ctx.model, result, x0, targets, target_rep)
     return [result_row(job, out, i, images.label_of) for i, job in enumerate(jobs)]
 
@@ -89,7 +90,7 @@ def run_coordinates(ctx: BatchContext, jobs: list[Job], objective_for, stop: boo
     images = BatchImages(ctx, jobs)
     x0 = images.starts(jobs)
     coords = resolve_coordinates(ctx, jobs, x0)
-    objective = objective_for(ctx.model, coords)
+    objective = objective_for(ctx.fast, coords)
     result = run_pgd(ctx, jobs, objective, x0, stop_fn=objective.done if stop else None)
     out = measure(ctx.model, result, x0, None, None)
     return [result_row(job, out, i, images.label_of, int(coords[i])) for i, job in enumerate(jobs)]

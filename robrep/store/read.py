@@ -114,10 +114,13 @@ def read_table(root: str | Path, table: str, filters: list | None = None, column
 
 def load_results(root: str | Path, filters: list | None = None, columns: list[str] | None = None,
                  decode_images: bool = False) -> pd.DataFrame:
-    """The results table with filters; decode_images=True adds an `image` column of (H, W, 3) uint8 arrays."""
+    """The results table with filters; decode_images=True adds an `image` column of (H, W, 3) uint8 arrays.
+    Rows written before the `precision` column existed ran in fp32, and read so."""
     from robrep.figures import decode_png
 
     frame = read_table(root, "results", filters, columns)
+    if "precision" in frame.columns:
+        frame["precision"] = frame["precision"].fillna("fp32")
     if decode_images:
         frame["image"] = [decode_png(b) for b in frame["image_png"]]
     return frame

@@ -50,6 +50,7 @@ RESULTS_SCHEMA = pa.schema(
         ("created_at", pa.timestamp("us", tz="UTC")),
         ("model_digest", pa.string()),  # sha256 of the weights that produced the row
         ("dataset_fingerprint", pa.string()),  # sha256 of the .beton its images came from
+        ("precision", pa.string()),  # of the PGD loop: fp32 | bf16 (null in rows written before it existed: fp32)
     ]
 )
 

@@ -1,0 +1,166 @@
+"""The model as PGD runs it: the same function as the trained model, made fast for its device.
+
+Two settings, named the same from config key to argument: `precision` ("fp32" | "bf16") and `compile`
+(false | true; YAML reads `on`/`off` as booleans). `FastModel` is a frozen copy of a model for the PGD loop:
+- its parameters have requires_grad=False: PGD differentiates the input only, so a compiled backward computes
+  input gradients and no weight gradients;
+- every batch-norm is folded into the convolution that feeds it (exact for an eval-mode model: the batch-norm is
+  a per-channel affine map of the convolution's output, so it becomes the convolution's scaled weights and bias);
+- on CUDA: channels_last weights and inputs, and cuDNN's autotuner (`cudnn.benchmark`);
+- precision "bf16": bf16 autocast, except the convolution that sees the pixels, which stays fp32: a PGD step
+  moves a pixel by less than bf16's spacing near 1 (1/256), so a bf16 input would swallow it (on the trained
+  digits pair this cut the gap to fp32's mean rep_dist_rel from 3.0% to 1.2%, tests/test_fast.py). Outputs come
+  back as fp32, so losses, norms and the PGD step stay fp32;
+- compile: torch.compile of the representation and the logits, with the batch dimension dynamic, so one
+  compilation serves every batch size (the fan-out's last batch of a group is smaller).
+The original model stays the reference: result rows are measured with it, in fp32.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from robrep.errors import ConfigError
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def check_precision(precision: str, key: str = "precision") -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"{key}={precision!r}: use one of {', '.join(PRECISIONS)}")
+    return precision
+
+
+def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:
+    """bf16 autocast on `device`'s type for precision "bf16"; nothing for "fp32"."""
+    if check_precision(precision) == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+
+
+@contextlib.contextmanager
+def frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """The model with requires_grad=False on every parameter, restored on exit (an attack on a model in training)."""
+    wanted = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in wanted:
+        p.requires_grad_(False)
+    try:
+        yield model
+    finally:
+        for p, flag in wanted:
+            p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """The model in eval mode (batch-norm statistics frozen), its mode restored on exit."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+def _fold_named(module: nn.Module) -> None:
+    """convN followed by bnN inside one block (torchvision's and the robustness library's naming)."""
+    children = dict(module.named_children())
+    for name, bn in children.items():
+        conv_name = "conv" + name[2:]
+        if name.startswith("bn") and isinstance(bn, nn.BatchNorm2d) and isinstance(children.get(conv_name), nn.Conv2d):
+            setattr(module, conv_name, fuse_conv_bn_eval(children[conv_name], bn))
+            setattr(module, name, nn.Identity())
+
+
+def _fold_sequential(module: nn.Sequential) -> None:
+    """Conv2d, BatchNorm2d neighbours of an nn.Sequential."""
+    for i in range(len(module) - 1):
+        if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
+            module[i] = fuse_conv_bn_eval(module[i], module[i + 1])
+            module[i + 1] = nn.Identity()
+
+
+def fold_batchnorm(model: nn.Module) -> nn.Module:
+    """An eval-mode copy of `model` with each BatchNorm2d folded into the Conv2d that feeds it. tests/test_fast.py
+    checks that the copy computes the same representation and logits for every registered architecture."""
+    folded = copy.deepcopy(model).eval()
+    for module in list(folded.modules()):
+        if isinstance(module, nn.Sequential):
+            _fold_sequential(module)
+        _fold_named(module)
+    return folded
+
+
+class FullPrecision(nn.Module):
+    """A layer that runs in fp32 under autocast."""
+
+    def __init__(self, layer: nn.Module):
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            return self.layer(x.float())
+
+
+def _stem_in_fp32(model: nn.Module) -> None:
+    """Wrap the convolution that sees the pixels (the first one on 3 channels) in FullPrecision."""
+    for module in model.modules():
+        for name, child in module.named_children():
+            if isinstance(child, nn.Conv2d) and child.in_channels == 3:
+                setattr(module, name, FullPrecision(child))
+                return
+    raise ValueError(f"{type(model).__name__} has no convolution on 3 channels to keep in fp32")
+
+
+class FastModel(nn.Module):
+    """`model`'s representation and logits, frozen, folded, in `precision`, compiled or not (see the module doc).
+    Inputs are [0,1] images on `device`; outputs are fp32."""
+
+    def __init__(self, model: nn.Module, device: str | torch.device, precision: str = "fp32", compile: bool = False):
+        super().__init__()
+        on = torch.device(device)
+        inner = fold_batchnorm(model).to(on)
+        for p in inner.parameters():
+            p.requires_grad_(False)
+        if precision == "bf16":
+            _stem_in_fp32(inner)
+        if on.type == "cuda":
+            inner = inner.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True  # cuDNN picks the fastest kernels for each shape, once
+        self.inner, self.device_type, self.precision = inner, on.type, check_precision(precision)
+        self.representation_dim = getattr(model, "representation_dim", None)
+        self.compiled = compile
+        self._representation_fn = torch.compile(self._representation) if compile else self._representation
+        self._logits_fn = torch.compile(self._logits) if compile else self._logits
+
+    def _layout(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last) if self.device_type == "cuda" else x
+
+    def _representation(self, x: torch.Tensor, fake_relu: bool) -> torch.Tensor:
+        with autocast(self.device_type, self.precision):
+            return self.inner.representation(self._layout(x), fake_relu=fake_relu).float()
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        with autocast(self.device_type, self.precision):
+            return self.inner(self._layout(x)).float()
+
+    def _dynamic_batch(self, x: torch.Tensor) -> torch.Tensor:
+        if self.compiled:
+            torch._dynamo.maybe_mark_dynamic(x, 0)
+        return x
+
+    def representation(self, x: torch.Tensor, fake_relu: bool = False) -> torch.Tensor:
+        """x: (B, C, H, W) in [0,1] -> R(x): (B, D) fp32."""
+        return self._representation_fn(self._dynamic_batch(x), fake_relu)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) in [0,1] -> logits (B, K) fp32."""
+        return self._logits_fn(self._dynamic_batch(x))
+

@@ -1,0 +1,217 @@
+"""The GPU fast path, checked on the CPU: PGD does no host work per step, batch-norm folding is exact for every
+architecture, FastModel (bf16, compiled) computes the model's function, precision names jobs apart, and the quality
+guard: bf16 gives the fp32 results on the trained digits pair."""
+
+from collections import Counter
+
+import pandas as pd
+import pytest
+import torch
+from conftest import SMOKE, store_overrides
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from robrep.experiments import noise_image
+from robrep.fast import FastModel, fold_batchnorm
+from robrep.kinds.base import Job
+from robrep.models import create_model, list_models
+from robrep.objectives import Manipulation, inversion
+from robrep.pgd import STOP_CHECK_EVERY, pgd
+from robrep.plan import pack
+from robrep.train import AttackSpec, adversarial_examples, train_step
+
+MEAN, STD = [0.3, 0.3, 0.3], [0.4, 0.4, 0.4]
+
+
+class OpLog(TorchDispatchMode):
+    """Every aten op run inside, with the devices and sizes of its outputs."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops: list[tuple[str, list[tuple[str, int]]]] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        outs = out if isinstance(out, (tuple, list)) else [out]
+        self.ops.append((str(func), [(o.device.type, o.numel()) for o in outs if isinstance(o, torch.Tensor)]))
+        return out
+
+
+def test_pgd_creates_no_host_tensor_when_it_runs_on_a_device():
+    """On the meta device (a stand-in for a GPU: no data, no host copies), random starts, steps, projections and
+    keep-best make nothing on the CPU: no noise drawn on the host and copied over, no per-step index tensors."""
+    with torch.device("meta"):
+        model = create_model("small_cnn", 10, MEAN, STD, width=8).eval()
+        x0, target = torch.rand(4, 3, 16, 16), torch.rand(4, 32)
+    for constraint in ("l2", "linf", "unconstrained"):
+        with OpLog() as log:
+            result = pgd(inversion(model, target), x0, eps=1.0, step_size=0.1, steps=3, constraint=constraint,
+                         random_start=True, restarts=2, keep="best")
+        host = [op for op, outs in log.ops if any(d == "cpu" and n > 1 for d, n in outs)]
+        assert result.x.device.type == "meta" and host == [], (constraint, host[:5])
+
+
+def test_pgd_syncs_with_the_host_only_every_few_steps_of_an_early_stop():
+    """.item()/.any()/bool() are aten._local_scalar_dense; boolean indexing is aten.nonzero. Without stop_fn a run
+    has neither; with one, one sync per STOP_CHECK_EVERY steps, and the stop rule's result is unchanged."""
+    torch.manual_seed(0)
+    model = create_model("small_cnn", 10, MEAN, STD, width=8).eval()
+    x0, target = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        target_rep = model.representation(target)
+    with OpLog() as log:
+        pgd(inversion(model, target_rep), x0, eps=2.0, step_size=0.1, steps=40, random_start=True, keep="best")
+    counts = Counter(op for op, _ in log.ops)
+    assert counts["aten._local_scalar_dense.default"] == 0 and counts["aten.nonzero.default"] == 0
+
+    steps = 40
+    coordinates = torch.tensor([1, 2, 3, 4])
+    manipulation = Manipulation(model, coordinates)
+    with OpLog() as log:
+        result = pgd(manipulation, x0, eps=1000.0, step_size=0.2, steps=steps, stop_fn=manipulation.done)
+    counts = Counter(op for op, _ in log.ops)
+    assert counts["aten.nonzero.default"] == 0
+    assert 1 <= counts["aten._local_scalar_dense.default"] <= steps // STOP_CHECK_EVERY
+    # The stop rule holds where it fired, whenever the host noticed: a done example froze at its step.
+    with torch.no_grad():
+        rep = model.representation(result.x)
+    stopped = result.steps_taken < steps
+    assert stopped.any()
+    chosen = rep[torch.arange(4), coordinates]
+    others = rep.scatter(1, coordinates.view(-1, 1), -float("inf")).max(dim=1).values
+    assert bool((chosen > others)[stopped].all())
+
+
+def test_noise_starts_on_the_cpu_are_the_ones_drawn_before_they_moved_to_the_device():
+    """(On CUDA, tests/test_gpu.py checks that they are drawn there.)"""
+    expected = (torch.randn((3, 8, 8), generator=torch.Generator().manual_seed(7)) / 20 + 0.5).clamp(0, 1)
+    torch.testing.assert_close(noise_image((3, 8, 8), 7), expected, rtol=0, atol=0)
+
+
+def _random_batchnorm(model: torch.nn.Module) -> torch.nn.Module:
+    """Batch-norm statistics and affine parameters far from the identity, so a wrong fold shows."""
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-1, 1)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", list_models())
+def test_folding_batchnorm_is_exact_for_every_architecture(arch):
+    torch.manual_seed(0)
+    model = _random_batchnorm(create_model(arch, 10, MEAN, STD).double())
+    had = sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    folded = fold_batchnorm(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules()), "every batch-norm folded"
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == had, "the model is left as it is"
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    with torch.no_grad():
+        for fake_relu in (False, True):
+            torch.testing.assert_close(folded.representation(x, fake_relu=fake_relu),
+                                       model.representation(x, fake_relu=fake_relu), rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-10, atol=1e-10)
+
+
+def test_fast_model_is_frozen_and_close_to_the_model_in_bf16():
+    torch.manual_seed(0)
+    model = _random_batchnorm(create_model("cifar_resnet18", 10, MEAN, STD))
+    x = torch.rand(4, 3, 32, 32)
+    fast32, fast16 = FastModel(model, "cpu", "fp32"), FastModel(model, "cpu", "bf16")
+    assert all(p.requires_grad for p in model.parameters()), "the reference model keeps its gradients"
+    assert not any(p.requires_grad for p in fast16.parameters())
+    with torch.no_grad():
+        reference = model.representation(x)
+        torch.testing.assert_close(fast32.representation(x), reference, rtol=1e-4, atol=1e-4)
+        low = fast16.representation(x)
+    assert low.dtype == torch.float32, "bf16 runs inside; outputs come back in fp32"
+    assert 0 < (low - reference).norm() / reference.norm() < 0.03
+    with pytest.raises(Exception, match="precision='fp16'"):
+        FastModel(model, "cpu", "fp16")
+
+
+def test_compiled_fast_model_computes_the_same_values_and_input_gradients():
+    torch.manual_seed(0)
+    model = _random_batchnorm(create_model("small_cnn", 10, MEAN, STD, width=8))
+    eager, compiled = FastModel(model, "cpu"), FastModel(model, "cpu", compile=True)
+    for batch in (5, 3, 7):  # the batch dimension is dynamic: one compilation for all three
+        x = torch.rand(batch, 3, 16, 16, requires_grad=True)
+        grads = []
+        for fast in (eager, compiled):
+            rep = fast.representation(x, fake_relu=True)
+            (grad,) = torch.autograd.grad(rep.square().sum(), x)
+            grads.append((rep.detach(), grad, fast(x.detach())))
+        for a, b in zip(*grads, strict=True):
+            torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_the_training_attack_runs_frozen_in_bf16_and_leaves_the_model_trainable():
+    torch.manual_seed(0)
+    model = create_model("small_cnn", 10, MEAN, STD, width=8)
+    x, y = torch.rand(8, 3, 16, 16), torch.randint(0, 10, (8,))
+    attack = AttackSpec(eps=1.0, steps=3, step_size=0.5)
+    x_adv = adversarial_examples(model, x, y, attack, precision="bf16")
+    assert x_adv.dtype == torch.float32 and model.training
+    assert all(p.requires_grad for p in model.parameters()) and all(p.grad is None for p in model.parameters())
+    assert ((x_adv - x).flatten(1).norm(dim=1) <= 1.0 + 1e-4).all()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    loss, correct = train_step(model, optimizer, x, y, attack, precision="bf16")
+    assert loss.dim() == 0 and torch.isfinite(loss) and 0 <= int(correct) <= 8
+
+
+def _job(**changes) -> Job:
+    fields = dict(kind="invert", model_id="m", dataset="digits", split="test", target_index=3, init="noise",
+                  constraint="l2", eps=1000.0, step_size=0.1, steps=20)
+    return Job(**{**fields, **changes}).with_id()
+
+
+def test_precision_is_part_of_a_jobs_identity_except_fp32_whose_ids_stay_as_they_were():
+    fp32, bf16, compiled = _job(), _job(precision="bf16"), _job(compile=True)
+    assert fp32.job_id == "2f457d208f232a0cdc0aa930", "the id this job had before precision existed (fde6387)"
+    assert bf16.job_id != fp32.job_id and compiled.job_id == fp32.job_id
+    assert fp32.columns()["precision"] == "fp32" and bf16.columns()["precision"] == "bf16"
+    assert len(pack([fp32, bf16, _job(target_index=4)], 10)) == 2, "one batched loop runs one precision"
+
+
+def test_quality_guard_bf16_gives_the_fp32_results_on_the_trained_pair(trained_pair):
+    """The same inversions (noise and other-class image starts, 200 steps) and the same PGD-20 evaluation, in fp32
+    and in bf16, through the fan-out's worker code: mean rep_dist_rel within 2% (relative), other-class-nearer
+    fractions within 0.03, adversarial accuracy within 1 point."""
+    from cluster.worker import run_batch
+    from datasets.beton import read_all
+    from jobs.config import load_config
+    from jobs.fanout import plan
+    from robrep.checkpoint import load_checkpoint
+    from robrep.store import find_model
+    from robrep.train import evaluate
+
+    tmp, _ = trained_pair
+    sets = [*store_overrides(tmp), "--set", "fanout.indices={mode: first, n: 100}", "--set", "fanout.batch_size=200",
+            "--set", "fanout.jobs=[{kind: invert, inits: [noise, image], step_size: 0.1, steps: 200}]"]
+    frames = {}
+    for precision in ("fp32", "bf16"):
+        config = load_config(SMOKE, [*sets[1::2], f"fanout.precision={precision}"])
+        jobs, cache = plan(config), {}
+        frames[precision] = pd.DataFrame([r for b in pack(jobs, 200) for r in run_batch(b, cache)])
+    fp32, bf16 = frames["fp32"], frames["bf16"]
+    assert set(fp32["job_id"]).isdisjoint(bf16["job_id"]) and len(fp32) == len(bf16) == 400
+    assert set(bf16["precision"]) == {"bf16"} and set(fp32["precision"]) == {"fp32"}
+
+    def nearer(frame):
+        other = frame[(frame["init"] == "image") & (frame["source_class"] != frame["target_class"])]
+        return (other["pix_dist_target"] < other["pix_dist_source"]).groupby(other["model_id"]).mean()
+
+    rel32, rel16 = (f.groupby("model_id")["rep_dist_rel"].mean() for f in (fp32, bf16))
+    assert ((rel16 - rel32).abs() / rel32 <= 0.02).all(), pd.DataFrame({"fp32": rel32, "bf16": rel16})
+    assert ((nearer(bf16) - nearer(fp32)).abs() <= 0.03).all(), (nearer(fp32), nearer(bf16))
+
+    config = load_config(SMOKE, sets[1::2])
+    x, y = read_all(str(config.data.path("test")))
+    batches = [(x[i : i + 128], y[i : i + 128]) for i in range(0, len(y), 128)]
+    for spec in config.train:
+        model, _ = load_checkpoint(find_model(config.store_root, spec.model_id)["checkpoint"])
+        scores = {p: evaluate(model, batches, spec.eval_attack, attack_model=FastModel(model, "cpu", p))
+                  for p in ("fp32", "bf16")}
+        assert abs(scores["bf16"]["adv_acc"] - scores["fp32"]["adv_acc"]) <= 0.01, (spec.model_id, scores)
+        assert scores["bf16"]["clean_acc"] == scores["fp32"]["clean_acc"], "predictions are the model's own, in fp32"
