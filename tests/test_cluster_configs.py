@@ -132,3 +132,21 @@ def test_every_preset_fits_the_cluster_the_configs_describe(path):
     if config.evaluate is not None:
         assert config.evaluate.gpus_per_shard <= 1
     assert (path.parent / f"{path.stem}_smoke.yaml").is_file(), "every preset has a CPU smoke twin"
+
+
+@pytest.mark.parametrize("path", _presets(), ids=lambda p: p.stem)
+def test_gpu_presets_run_bf16_compiled_and_cpu_ones_fp32_eager(path):
+    """What runs on a GPU takes the fastest setting that passed the quality guard (bf16, compiled: bench/gpu.py,
+    tests/test_fast.py); CPU keeps fp32 eager, the default."""
+    from jobs.config import load_config
+
+    config = load_config(path)
+    parts = [(s.use_gpu, s.precision, s.compile) for s in config.train]
+    if config.fanout is not None:
+        parts.append((config.fanout.gpus_per_worker > 0, config.fanout.precision, config.fanout.compile))
+    if config.tune is not None:
+        parts.append((config.tune.gpus_per_trial > 0, config.tune.precision, config.tune.compile))
+    if config.evaluate is not None:
+        parts.append((config.evaluate.gpus_per_shard > 0, config.evaluate.precision, config.evaluate.compile))
+    for on_gpu, precision, compile in parts:
+        assert (precision, compile) == (("bf16", True) if on_gpu else ("fp32", False))
