@@ -42,6 +42,9 @@ from robrep.objectives import inversion, inversion_loss  # noqa: E402
 from robrep.pgd import pgd  # noqa: E402
 from robrep.train import AttackSpec, train_step  # noqa: E402
 
+sys.path.append(str(REPO / "bench"))
+from pgd import raw_loop  # noqa: E402  (bench/pgd.py: the same math written inline)
+
 GFLOP_PER_IMAGE_STEP = 16.4  # ResNet-50 at 224 px: forward + input-gradient backward ~ 2 x 8.2 GFLOP
 PEAK_TFLOPS = 989.0
 WORKLOAD = 1e8  # the paper's inversions: 10,000 images x 10,000 steps
@@ -151,20 +154,6 @@ def measure_peer(bench: Bench, model, x0s: dict, target_reps: dict) -> float:
     return best
 
 
-def raw_loop(fast, x0, target_rep, steps: int, eps: float = 1000.0, step_size: float = 1.0):
-    """robrep's L2 step and projection written inline: the floor robrep's pgd is held to."""
-    x = x0.clone()
-    for _ in range(steps):
-        x.requires_grad_(True)
-        (grad,) = torch.autograd.grad(inversion_loss(fast.representation(x), target_rep).sum(), x)
-        with torch.no_grad():
-            x = x - step_size * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
-            delta = x - x0
-            delta = delta * (eps / delta.flatten(1).norm(dim=1).clamp_min(1e-12)).clamp(max=1).view(-1, 1, 1, 1)
-            x = (x0 + delta).clamp(0, 1)
-    return x
-
-
 def measure_inversion(bench: Bench, model, x0s: dict, target_reps: dict, precision: str, compile: bool) -> dict:
     """robrep and the raw loop at every batch (largest first), one FastModel (one compilation) for all."""
     fast = FastModel(model, bench.device, precision, compile)
@@ -181,7 +170,8 @@ def measure_inversion(bench: Bench, model, x0s: dict, target_reps: dict, precisi
         try:
             robrep = bench.rate(lambda steps, x0=x0, t=target_rep: pgd(inversion(fast, t), x0, eps=1000.0,
                                                                        step_size=1.0, steps=steps), batch)
-            raw = bench.rate(lambda steps, x0=x0, t=target_rep: raw_loop(fast, x0, t, steps), batch)
+            raw = bench.rate(lambda steps, x0=x0, t=target_rep: raw_loop(
+                lambda x: inversion_loss(fast.representation(x), t), x0, 1000.0, 1.0, steps), batch)
         except torch.cuda.OutOfMemoryError:
             print(f"robrep pgd  {name}: out of GPU memory", flush=True)
             torch.cuda.empty_cache()

@@ -25,13 +25,13 @@ from robrep.objectives import untargeted_attack  # noqa: E402
 from robrep.pgd import pgd  # noqa: E402
 
 
-def raw_loop(model, x0, y, eps, step_size, steps):
-    """The same math written inline."""
+def raw_loop(loss_fn, x0, eps, step_size, steps):
+    """The engine's L2 step and projection written inline, minimising loss_fn (x -> (B,)) from x0 (also
+    bench/gpu.py's floor)."""
     x = x0.clone()
     for _ in range(steps):
         x.requires_grad_(True)
-        loss = -torch.nn.functional.cross_entropy(model(x), y, reduction="none")
-        (grad,) = torch.autograd.grad(loss.sum(), x)
+        (grad,) = torch.autograd.grad(loss_fn(x).sum(), x)
         with torch.no_grad():
             x = x - step_size * grad / grad.flatten(1).norm(dim=1).clamp_min(1e-12).view(-1, 1, 1, 1)
             delta = x - x0
@@ -55,7 +55,7 @@ def compare(name, batch, resolution, steps, repeats) -> float:
     x = torch.rand(batch, 3, resolution, resolution)
     y = torch.randint(0, 10, (batch,))
     engine = lambda: pgd(untargeted_attack(model, y), x, eps=0.5, step_size=0.1, steps=steps)  # noqa: E731
-    raw = lambda: raw_loop(model, x, y, 0.5, 0.1, steps)  # noqa: E731
+    raw = lambda: raw_loop(untargeted_attack(model, y), x, 0.5, 0.1, steps)  # noqa: E731
     engine(), raw()  # warm up
     # Interleave the two so that machine noise hits both alike.
     t_raw, t_engine = float("inf"), float("inf")

@@ -125,6 +125,7 @@ class FastModel(nn.Module):
 
     def __init__(self, model: nn.Module, device: str | torch.device, precision: str = "fp32", compile: bool = False):
         super().__init__()
+        check_precision(precision)
         on = torch.device(device)
         inner = fold_batchnorm(model).to(on)
         for p in inner.parameters():
@@ -134,7 +135,7 @@ class FastModel(nn.Module):
         if on.type == "cuda":
             inner = inner.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True  # cuDNN picks the fastest kernels for each shape, once
-        self.inner, self.device_type, self.precision = inner, on.type, check_precision(precision)
+        self.inner, self.device_type, self.precision = inner, on.type, precision
         self.representation_dim = getattr(model, "representation_dim", None)
         self.compiled = compile
         self._representation_fn = torch.compile(self._representation) if compile else self._representation
@@ -163,4 +164,3 @@ class FastModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) in [0,1] -> logits (B, K) fp32."""
         return self._logits_fn(self._dynamic_batch(x))
-

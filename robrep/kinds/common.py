@@ -14,23 +14,24 @@ from robrep.pgd import PGDResult, pgd
 
 
 class BatchImages:
-    """The dataset images a batch refers to (targets and sources), by index, with their labels."""
+    """The dataset images a batch refers to (targets and sources), by index, on the device (one copy), with their
+    labels."""
 
     def __init__(self, ctx: BatchContext, jobs: list[Job]):
         needed = sorted({i for j in jobs for i in (j.target_index, j.source_index) if i >= 0})
         images, labels = ctx.get_images(needed) if needed else (torch.empty(0), torch.empty(0, dtype=torch.long))
+        images = images.to(ctx.device)
         self.by_index = {i: images[n] for n, i in enumerate(needed)}
         self.label_of = {i: int(labels[n]) for n, i in enumerate(needed)}
         self.shape = tuple(images.shape[1:]) if needed else tuple(jobs[0].image_shape)
         self.device = ctx.device
 
     def stack(self, indices: list[int]) -> torch.Tensor:
-        return torch.stack([self.by_index[i] for i in indices]).to(self.device)
+        return torch.stack([self.by_index[i] for i in indices])
 
     def starts(self, jobs: list[Job]) -> torch.Tensor:
         """x0 per job on the device: noise (drawn there, seeded per job), gray, the source image, or the pixel-space
         mix for interpolation."""
-        on = {i: image.to(self.device) for i, image in self.by_index.items()}
         starts = []
         for job in jobs:
             if job.init == "noise":
@@ -38,9 +39,10 @@ class BatchImages:
             elif job.init == "gray":
                 starts.append(torch.full(self.shape, 0.5, device=self.device))
             elif job.init == "interp":
-                starts.append(job.lam * on[job.target_index] + (1 - job.lam) * on[job.source_index])
+                target, source = self.by_index[job.target_index], self.by_index[job.source_index]
+                starts.append(job.lam * target + (1 - job.lam) * source)
             else:
-                starts.append(on[job.source_index])
+                starts.append(self.by_index[job.source_index])
         return torch.stack(starts)
 
 
