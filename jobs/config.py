@@ -142,7 +142,7 @@ class EvaluateSpec:
     model: str | None = None
     checkpoint: str | None = None
     robustness_checkpoint: str | None = None
-    arch: str | None = None  # of an imported checkpoint, e.g. resnet50
+    arch: str | None = None  # of an imported checkpoint, e.g. cifar_resnet50
     model_id: str | None = None  # its name in the store (default: the checkpoint's)
     data: str | None = None  # the test .beton (default: <data.dir>/test.beton)
     attack: AttackSpec = PAPER_EVAL_ATTACK

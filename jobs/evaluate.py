@@ -6,7 +6,7 @@ the paper's Table 4/5. The attack defaults are the paper's (A.4): L2, eps 3.0, 2
         --data runs/digits/data/test.beton --store runs/digits/store --eps 2.0 --step-size 0.25
     # A MadryLab robustness-library checkpoint: imported into robrep's format (under storage_path/imported,
     # or beside a local store) and the models table.
-    python -m jobs.evaluate --robustness-checkpoint cifar_l2_0_5.pt --arch resnet50 --model-id cifar_l2_0.5 \
+    python -m jobs.evaluate --robustness-checkpoint cifar_l2_0_5.pt --arch cifar_resnet50 --model-id cifar_l2_0.5 \
         --data /data/c10_test.beton --store /mnt/shared/robrep/store --storage-path /mnt/shared/robrep/ckpt \
         --eps 0.5 --step-size 0.0625 --gpus 1
 
@@ -28,7 +28,7 @@ ALIASES = (
     Alias("--model", "evaluate.model", help="a model_id in the store"),
     Alias("--checkpoint", "evaluate.checkpoint", help="a robrep checkpoint folder (model.pt + meta.json)"),
     Alias("--robustness-checkpoint", "evaluate.robustness_checkpoint", help="a robustness-library .pt to import"),
-    Alias("--arch", "evaluate.arch", help="architecture of an imported checkpoint, e.g. resnet50"),
+    Alias("--arch", "evaluate.arch", help="arch of an imported checkpoint, e.g. cifar_resnet50"),
     Alias("--model-id", "evaluate.model_id", help="name in the store (default: the checkpoint's)"),
     Alias("--data", "evaluate.data", help="the test .beton (default: <data.dir>/test.beton)"),
     Alias("--store", "store", help="the store root"),

@@ -94,11 +94,14 @@ def _torchvision_block(block: nn.Module, x: torch.Tensor, fake_relu: bool) -> to
 
 class ResNet(torchvision.models.ResNet):
     """torchvision's ImageNet ResNet (7x7 stem); R(x) is the avgpool output. Its state-dict keys are
-    torchvision's (and the robustness library's), plus `normalize.mean` / `normalize.std`."""
+    torchvision's (and the robustness library's), plus `normalize.mean` / `normalize.std`.
 
-    def __init__(self, depth: int, num_classes: int, mean: Sequence[float], std: Sequence[float]):
+    width_per_group=128 or 256 gives the library's wide_resnet50_2 / wide_resnet50_4 (wider bottlenecks)."""
+
+    def __init__(self, depth: int, num_classes: int, mean: Sequence[float], std: Sequence[float],
+                 width_per_group: int = 64):
         block, layers = {18: (BasicBlock, [2, 2, 2, 2]), 50: (Bottleneck, [3, 4, 6, 3])}[depth]
-        super().__init__(block, layers, num_classes=num_classes)
+        super().__init__(block, layers, num_classes=num_classes, width_per_group=width_per_group)
         self.normalize = Normalize(mean, std)
         self.representation_dim = self.fc.in_features
 
@@ -114,10 +117,11 @@ class ResNet(torchvision.models.ResNet):
 
 
 class VGG16(torchvision.models.VGG):
-    """torchvision's VGG16 (no BN); R(x) is the last 4096-d hidden layer, after its ReLU."""
+    """torchvision's VGG16, with batch norm after every convolution when `batch_norm` (the library's vgg16_bn);
+    R(x) is the last 4096-d hidden layer, after its ReLU, as the library's `with_latent`."""
 
-    def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float]):
-        features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"], batch_norm=False)
+    def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float], batch_norm: bool = False):
+        features = torchvision.models.vgg.make_layers(torchvision.models.vgg.cfgs["D"], batch_norm=batch_norm)
         super().__init__(features, num_classes=num_classes)
         self.normalize = Normalize(mean, std)
         self.representation_dim = 4096
@@ -132,57 +136,96 @@ class VGG16(torchvision.models.VGG):
         return self.classifier[5:](self.representation(x))  # Dropout, Linear
 
 
+def _cifar_shortcut(c_in: int, c_out: int, stride: int) -> nn.Sequential:
+    """The identity, or a strided 1x1 conv + BN where the shape changes (the library's `shortcut`)."""
+    if stride == 1 and c_in == c_out:
+        return nn.Sequential()
+    return nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+
+
 class _CifarBlock(nn.Module):
     """The 3x3 BasicBlock of CIFAR ResNets, with the robustness library's key names (`shortcut`)."""
 
-    def __init__(self, c_in: int, c_out: int, stride: int):
+    expansion = 1
+
+    def __init__(self, c_in: int, planes: int, stride: int):
         super().__init__()
-        self.conv1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(c_out)
-        self.conv2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(c_out)
-        self.shortcut = nn.Sequential()
-        if stride != 1 or c_in != c_out:
-            self.shortcut = nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out))
+        self.conv1 = nn.Conv2d(c_in, planes, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.shortcut = _cifar_shortcut(c_in, planes, stride)
 
     def forward(self, x: torch.Tensor, fake_relu: bool = False) -> torch.Tensor:
         out = self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
         return _activate(out + self.shortcut(x), fake_relu)
 
 
-class CifarResNet18(nn.Module):
-    """ResNet-18 with a 3x3 stride-1 stem for 32 px images; R(x) is the 512-d pooled output."""
+class _CifarBottleneck(nn.Module):
+    """The library's CIFAR Bottleneck: 1x1, 3x3 (strided), 1x1 to 4x planes, with a `shortcut`."""
 
-    def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float]):
+    expansion = 4
+
+    def __init__(self, c_in: int, planes: int, stride: int):
         super().__init__()
+        self.conv1 = nn.Conv2d(c_in, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, 4 * planes, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(4 * planes)
+        self.shortcut = _cifar_shortcut(c_in, 4 * planes, stride)
+
+    def forward(self, x: torch.Tensor, fake_relu: bool = False) -> torch.Tensor:
+        out = torch.relu(self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))))
+        return _activate(self.bn3(self.conv3(out)) + self.shortcut(x), fake_relu)
+
+
+class CifarResNet(nn.Module):
+    """The robustness library's CIFAR ResNet-18 (BasicBlock) or -50 (Bottleneck): a 3x3 stride-1 stem for 32 px
+    images, its key names; R(x) is the pooled output of the last block (512-d or 2048-d). The library pools
+    with avg_pool2d(4), which is the same global average at 32 px; here it is global at every size."""
+
+    def __init__(self, depth: int, num_classes: int, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        block, layers = {18: (_CifarBlock, [2, 2, 2, 2]), 50: (_CifarBottleneck, [3, 4, 6, 3])}[depth]
         self.normalize = Normalize(mean, std)
         self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
-        widths, c_in = (64, 128, 256, 512), 64
-        for i, width in enumerate(widths, start=1):
-            stride = 1 if i == 1 else 2
-            setattr(self, f"layer{i}", nn.Sequential(_CifarBlock(c_in, width, stride), _CifarBlock(width, width, 1)))
-            c_in = width
-        self.linear = nn.Linear(512, num_classes)
-        self.representation_dim = 512
+        c_in = 64
+        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True), start=1):
+            strides = [1 if i == 1 else 2] + [1] * (blocks - 1)
+            layer = []
+            for stride in strides:
+                layer.append(block(c_in, planes, stride))
+                c_in = planes * block.expansion
+            setattr(self, f"layer{i}", nn.Sequential(*layer))
+        self.linear = nn.Linear(c_in, num_classes)
+        self.representation_dim = c_in
 
     def representation(self, x: torch.Tensor, fake_relu: bool = False) -> torch.Tensor:
-        """x: (B, 3, H, W) in [0,1] -> (B, 512)."""
+        """x: (B, 3, H, W) in [0,1] -> (B, 512 or 2048)."""
         h = torch.relu(self.bn1(self.conv1(self.normalize(x))))
-        h = self.layer3(self.layer2(self.layer1(h)))
-        h = self.layer4[1](self.layer4[0](h), fake_relu=fake_relu)
+        h = self.layer4[:-1](self.layer3(self.layer2(self.layer1(h))))
+        h = self.layer4[-1](h, fake_relu=fake_relu)
         return torch.flatten(F.adaptive_avg_pool2d(h, 1), 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(self.representation(x))
 
 
+# Every architecture of the robustness library's published robust models, under the library's own names where
+# it has one (wide_resnet50_2, vgg16_bn), plus the CPU demo's small_cnn.
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": SmallCNN,
-    "cifar_resnet18": CifarResNet18,
+    "cifar_resnet18": lambda **kw: CifarResNet(18, **kw),
+    "cifar_resnet50": lambda **kw: CifarResNet(50, **kw),
     "resnet18": lambda **kw: ResNet(18, **kw),
     "resnet50": lambda **kw: ResNet(50, **kw),
+    "wide_resnet50_2": lambda **kw: ResNet(50, width_per_group=128, **kw),
+    "wide_resnet50_4": lambda **kw: ResNet(50, width_per_group=256, **kw),
     "vgg16": VGG16,
+    "vgg16_bn": lambda **kw: VGG16(batch_norm=True, **kw),
 }
 
 

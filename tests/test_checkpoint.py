@@ -1,6 +1,7 @@
 """robrep's checkpoint format round-trips and refuses what does not match."""
 
 import json
+import sys
 
 import pytest
 import torch
@@ -137,39 +138,63 @@ def robustness_layout(state: dict, mean, std) -> dict:
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
 
 
-def test_import_of_a_real_robustness_cifar_resnet18(tmp_path):
-    """The reference library's own model class, saved in its layout, gives the same logits and R(x)."""
-    from robustness.cifar_models.resnet import ResNet18
+def library_models():
+    """The robustness library's own model modules. Its imagenet_models import `torchvision.models.utils`, which
+    torchvision has since removed; it only used `load_state_dict_from_url` from it (for `pretrained=True`,
+    never called here), so that one name is provided from torch.hub where it now lives."""
+    import types
 
+    if "torchvision.models.utils" not in sys.modules:
+        shim = types.ModuleType("torchvision.models.utils")
+        shim.load_state_dict_from_url = torch.hub.load_state_dict_from_url
+        sys.modules["torchvision.models.utils"] = shim
+    from robustness import cifar_models, imagenet_models
+
+    return imagenet_models, cifar_models
+
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+# robrep arch -> (the library's module and constructor, image size, normalisation): every architecture of the
+# library's published robust models (ImageNet L2/Linf, CIFAR L2/Linf).
+LIBRARY_ARCHS = {
+    "resnet18": ("imagenet", "resnet18", 64, IMAGENET_MEAN, IMAGENET_STD),
+    "resnet50": ("imagenet", "resnet50", 64, IMAGENET_MEAN, IMAGENET_STD),
+    "wide_resnet50_2": ("imagenet", "wide_resnet50_2", 64, IMAGENET_MEAN, IMAGENET_STD),
+    "wide_resnet50_4": ("imagenet", "wide_resnet50_4", 64, IMAGENET_MEAN, IMAGENET_STD),
+    "vgg16_bn": ("imagenet", "vgg16_bn", 64, IMAGENET_MEAN, IMAGENET_STD),
+    "cifar_resnet18": ("cifar", "ResNet18", 32, CIFAR_MEAN, CIFAR_STD),
+    "cifar_resnet50": ("cifar", "ResNet50", 32, CIFAR_MEAN, CIFAR_STD),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(LIBRARY_ARCHS))
+def test_import_reproduces_the_library_forward_pass(tmp_path, arch):
+    """A checkpoint of the library's own model class, with random weights and batch-norm statistics, saved in its
+    layout, imports as `arch` with the same logits and R(x) (within 1e-5), and the same input gradient through
+    the fake ReLU (the library's `fake_relu=True`)."""
+    family, name, size, mean, std = LIBRARY_ARCHS[arch]
+    imagenet_models, cifar_models = library_models()
     torch.manual_seed(0)
-    reference = ResNet18(num_classes=10).eval()
-    torch.save(robustness_layout(reference.state_dict(), CIFAR_MEAN, CIFAR_STD), tmp_path / "cifar.pt")
-    model, meta = import_robustness_checkpoint(tmp_path / "cifar.pt", "cifar_resnet18", 10)
-    x = torch.rand(2, 3, 32, 32)
-    normalized = (x - torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1)) / torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
-    with torch.no_grad():
-        logits, latent = reference(normalized, with_latent=True)
-        torch.testing.assert_close(model(x), logits, atol=1e-5, rtol=1e-5)
-        torch.testing.assert_close(model.representation(x), latent, atol=1e-5, rtol=1e-5)
-    assert meta["mean"] == pytest.approx(CIFAR_MEAN) and meta["epoch"] == 150
-
-
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "vgg16"])
-def test_import_of_imagenet_layouts(tmp_path, arch):
-    """robustness's ImageNet models are torchvision's key for key (its own module no longer imports
-    against current torchvision), so the layout is synthesised from a torchvision model."""
-    import torchvision
-
-    torch.manual_seed(0)
-    reference = getattr(torchvision.models, arch)(num_classes=9).eval()
-    torch.save(robustness_layout(reference.state_dict(), [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-               tmp_path / "in.pt")
-    model, _ = import_robustness_checkpoint(tmp_path / "in.pt", arch, 9)
-    x = torch.rand(1, 3, 64, 64)
-    normalized = (x - torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor(
-        [0.229, 0.224, 0.225]).view(1, 3, 1, 1)
-    with torch.no_grad():
-        torch.testing.assert_close(model(x), reference(normalized), atol=1e-4, rtol=1e-4)
+    reference = getattr(imagenet_models if family == "imagenet" else cifar_models, name)(num_classes=9)
+    for module in reference.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):  # not the identity: folding and key order would show
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.8, 1.2)
+            module.weight.data.uniform_(0.8, 1.2)
+            module.bias.data.uniform_(-0.1, 0.1)
+    reference.eval()
+    torch.save(robustness_layout(reference.state_dict(), mean, std), tmp_path / "r.pt")
+    model, meta = import_robustness_checkpoint(tmp_path / "r.pt", arch, 9)
+    x = torch.rand(2, 3, size, size, requires_grad=True)
+    normalized = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    logits, latent = reference(normalized, with_latent=True, fake_relu=True)
+    ours = model.representation(x, fake_relu=True)
+    torch.testing.assert_close(model(x), logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours, latent, atol=1e-5, rtol=1e-5)
+    coordinate = int(latent[0].argmin())  # a dead unit where there is one: the fake ReLU's gradient flows there
+    expected = torch.autograd.grad(latent[0, coordinate], x)[0]
+    torch.testing.assert_close(torch.autograd.grad(ours[0, coordinate], x)[0], expected, atol=1e-5, rtol=1e-4)
+    assert meta["arch"] == arch and meta["mean"] == pytest.approx(mean)
 
 
 def test_import_mismatches_say_what_differs(tmp_path):

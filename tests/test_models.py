@@ -6,7 +6,8 @@ import torch
 from robrep.errors import ConfigError
 from robrep.models import create_model, list_models
 
-WIDTHS = {"small_cnn": 128, "cifar_resnet18": 512, "resnet18": 512, "resnet50": 2048, "vgg16": 4096}
+WIDTHS = {"small_cnn": 128, "cifar_resnet18": 512, "cifar_resnet50": 2048, "resnet18": 512, "resnet50": 2048,
+          "wide_resnet50_2": 2048, "wide_resnet50_4": 2048, "vgg16": 4096, "vgg16_bn": 4096}
 
 
 def test_registry_covers_the_documented_models():
