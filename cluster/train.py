@@ -25,7 +25,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.torch import TorchTrainer, get_device, prepare_model
 
 from cluster.storage import storage_options
-from datasets.beton import make_loader
+from datasets.beton import make_loader, read_info
 from datasets.stage import stage
 from robrep.location import join, write_bytes
 from robrep.models import create_model
@@ -96,31 +96,43 @@ def _sync_buffers(model) -> None:
             dist.broadcast(buffer, src=0)
 
 
-def _on_device(loader, device, max_images: int | None):
-    """The loader's batches on `device`, stopping once max_images (if any) have been given."""
+def test_shard(num_images: int, rank: int, world: int) -> list[int]:
+    """The test images rank `rank` evaluates: every world-th, from its rank. The shards are disjoint and cover the
+    test set exactly once, whatever its size (a DistributedSampler pads them to equal length by repeating images,
+    so a few would count twice)."""
+    return list(range(rank, num_images, world))
+
+
+def _on_device(loader, device, max_images: int | None, seen_labels: list | None = None):
+    """The loader's batches on `device` (none without a loader), stopping once max_images (if any) have been given;
+    their labels are appended to seen_labels where given (the audit)."""
     seen = 0
-    for x, y in loader:
+    for x, y in loader or ():
+        if seen_labels is not None:
+            seen_labels.append(y.cpu().clone())
         yield x.to(device), y.to(device)
         seen += len(y)
         if max_images is not None and seen >= max_images:
             return
 
 
-def _evaluate(model, loader, attack: AttackSpec | None, device, max_images: int | None, attack_model, precision: str
-              ) -> tuple[float, float]:
-    """Clean and adversarial accuracy over this rank's shard, summed over ranks; the attack runs on attack_model in
-    the training's precision. (DistributedSampler pads shards by at most world_size - 1 repeats.)"""
-    counts = count_correct(model, _on_device(loader, device, max_images), attack, attack_model, precision)
+def _evaluate(model, loader, attack: AttackSpec | None, device, max_images: int | None, attack_model, precision: str,
+              seen_labels: list | None = None) -> tuple[float, float]:
+    """Clean and adversarial accuracy over this rank's shard (test_shard), summed over ranks; the attack runs on
+    attack_model in the training's precision."""
+    counts = count_correct(model, _on_device(loader, device, max_images, seen_labels), attack, attack_model, precision)
     n, clean, adv = _all_reduce(list(counts), device)
     return clean / max(n, 1), (adv / max(n, 1) if attack is not None else float("nan"))
 
 
-def _audit(folder: str | None, rank: int, epoch: int, labels: list[torch.Tensor], model) -> None:
-    """For tests and forensics: the labels this rank trained on, its pid and a hash of its weights."""
+def _audit(folder: str | None, rank: int, epoch: int, labels: list[torch.Tensor], model,
+           eval_labels: list[torch.Tensor]) -> None:
+    """For tests and forensics: the labels this rank trained on and evaluated, its pid and a hash of its weights."""
     if folder is None:
         return
     digest = hashlib.sha256(b"".join(v.detach().cpu().numpy().tobytes() for v in model.state_dict().values()))
     record = {"labels": torch.cat(labels) if labels else torch.empty(0), "pid": os.getpid(),
+              "eval_labels": torch.cat(eval_labels) if eval_labels else torch.empty(0, dtype=torch.long),
               "node_id": ray.get_runtime_context().get_node_id(), "weights_sha256": digest.hexdigest()}
     buffer = io.BytesIO()
     torch.save(record, buffer)
@@ -149,7 +161,9 @@ def train_loop_per_worker(run: TrainRun) -> None:
     # Built after Ray set up the process group, so distributed=True gives each rank a disjoint shard.
     loader = make_loader(train_path, spec.batch_size // world, train=True, distributed=world > 1,
                          rng_seed=spec.rng_seed, augment=spec.augment, padding=spec.padding)
-    test_loader = make_loader(test_path, max(1, spec.batch_size // world), train=False, distributed=world > 1)
+    shard = test_shard(read_info(test_path)["num_images"], rank, world)
+    test_loader = (make_loader(test_path, max(1, spec.batch_size // world), train=False, indices=shard)
+                   if shard else None)  # more workers than test images: some evaluate none
     for epoch in range(start_epoch, spec.epochs):
         loader.next_epoch = epoch  # the shuffle of epoch e is seeded by (rng_seed, e), so a resume replays it
         model.train()
@@ -171,14 +185,15 @@ def train_loop_per_worker(run: TrainRun) -> None:
         last = epoch + 1 == spec.epochs  # the last epoch is evaluated on the whole test set
         evaluate_now = (epoch + 1) % spec.eval_every == 0 or last
         cap = None if last or spec.eval_max_images is None else max(1, spec.eval_max_images // world)
-        clean_acc, adv_acc = (_evaluate(model, test_loader, spec.eval_attack, device, cap, attack_model, spec.precision)
-                              if evaluate_now else (float("nan"), float("nan")))
+        eval_labels = [] if run.audit_dir else None
+        clean_acc, adv_acc = (_evaluate(model, test_loader, spec.eval_attack, device, cap, attack_model, spec.precision,
+                                        eval_labels) if evaluate_now else (float("nan"), float("nan")))
         metrics = {
             "model_id": spec.model_id, "epoch": epoch, "loss": loss_all / world, "train_acc": correct_all / seen_all,
             "clean_acc": clean_acc, "adv_acc": adv_acc, "lr": lr, "images_per_s": seen_all / train_seconds,
             "seconds": time.time() - start, "world_size": world, "created_at": now_utc(),
         }
-        _audit(run.audit_dir, rank, epoch, labels, model)
+        _audit(run.audit_dir, rank, epoch, labels, model, eval_labels or [])
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:

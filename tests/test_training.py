@@ -39,17 +39,26 @@ def audits(tmp: Path) -> list[dict]:
 
 
 def test_two_nodes_read_disjoint_data_and_end_with_identical_weights(tmp_path):
+    """... and evaluate each image of a test set whose size (63) is not a multiple of the worker count exactly once,
+    so the models table's accuracies are those of the final model on the whole test set."""
     import ray
     from ray.cluster_utils import Cluster
 
     from cluster.connect import connect
+    from datasets.beton import read_all, write_beton
+    from datasets.sources import _array_source, synthetic
     from jobs.build_dataset import build
     from jobs.config import ExperimentConfig
     from jobs.train import train_all
+    from robrep.checkpoint import load_checkpoint
     from robrep.config import from_dict
+    from robrep.train import AttackSpec, evaluate
 
     config = from_dict(ExperimentConfig, experiment(tmp_path, placement_strategy="STRICT_SPREAD", num_workers=2))
     build(config.data)
+    full = synthetic(64, 1, 8, rng_seed=5)  # the same 64 classes; 63 test images, labels 0..62
+    write_beton(config.data.path("test"), _array_source("odd", full.images[:63], full.labels[:63], full.label_names),
+                info={"split": "test"})
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "node_ip_address": "127.0.0.2"})
     try:
         cluster.add_node(num_cpus=1, node_ip_address="127.0.0.3")
@@ -72,6 +81,13 @@ def test_two_nodes_read_disjoint_data_and_end_with_identical_weights(tmp_path):
     assert sorted(metrics["epoch"]) == [0, 1] and (metrics["world_size"] == 2).all()
     models = pd.read_parquet(tmp_path / "store" / "models")
     assert list(models["model_id"]) == ["m"] and models["epochs"].tolist() == [2]
+    evaluated = sorted(torch.cat([r["eval_labels"] for r in records if r["epoch"] == 1]).tolist())
+    assert evaluated == list(range(63)), "every test image once: none repeated to pad a shard, none left out"
+    model, _ = load_checkpoint(models["checkpoint"].iloc[0])
+    x, y = read_all(config.data.path("test"))
+    exact = evaluate(model, [(x, y)], AttackSpec(eps=0.5, steps=2, step_size=0.25))
+    assert models["clean_acc"].iloc[0] == pytest.approx(exact["clean_acc"], abs=1e-9)
+    assert models["adv_acc"].iloc[0] * 63 == pytest.approx(round(models["adv_acc"].iloc[0] * 63), abs=1e-9)
 
 
 def start_training(tmp: Path, config: dict) -> subprocess.Popen:
