@@ -153,10 +153,13 @@ class EvaluateSpec:
     cpus_per_shard: float = 1.0
     precision: Literal["fp32", "bf16"] = "fp32"  # of the attack (robrep/fast.py); predictions are in fp32
     compile: bool = False  # torch.compile the attacked model
+    apgd_steps: int = 100  # AutoAttack's APGD-CE and -DLR (torchattacks) cross-check our PGD; 0: not run
 
     def validate(self) -> None:
         if self.model_id is not None:
             check_name(self.model_id, "evaluate.model_id")
+        if not 0 <= self.apgd_steps <= 100_000:
+            raise ConfigError(f"evaluate.apgd_steps={self.apgd_steps} must be within [0, 100000] (0: no APGD)")
         given = [k for k in ("model", "checkpoint", "robustness_checkpoint") if getattr(self, k)]
         if len(given) != 1:
             raise ConfigError("evaluate needs exactly one of model (a model_id in the store), checkpoint (a robrep "

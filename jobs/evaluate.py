@@ -45,17 +45,23 @@ ALIASES = (
     Alias("--gpus", "evaluate.gpus_per_shard", float, "GPUs per shard"),
     Alias("--precision", "evaluate.precision", help="of the attack: fp32 or bf16"),
     Alias("--compile", "evaluate.compile", bool, "torch.compile the attacked model"),
+    Alias("--apgd-steps", "evaluate.apgd_steps", int, "APGD-CE/-DLR (torchattacks) steps; 0: no cross-check"),
     Alias("--address", "ray.address", help="Ray address; default: local Ray, or the job's cluster"),
 )
 
 
 def table_4(rows: list[dict]) -> str:
-    """The paper's Table 4/5 layout: model, standard accuracy, adversarial accuracy at eps."""
-    lines = [f"{'Model':<32}{'Standard':>12}{'Adversarial':>14}  (attack)"]
+    """The paper's Table 4/5 layout: model, standard accuracy, adversarial accuracy at eps (the lowest: right under
+    every attack), and each attack's own: our PGD, APGD-CE, APGD-DLR (where run)."""
+    def pct(value) -> str:
+        return "—" if value is None or value != value else f"{value:.2%}"
+
+    lines = [f"{'Model':<32}{'Standard':>10}{'Adversarial':>13}{'PGD':>9}{'APGD-CE':>9}{'APGD-DLR':>10}  (attack)"]
     for r in rows:
-        lines.append(f"{r['model_id']:<32}{r['clean_acc']:>11.2%}{r['adv_acc']:>13.2%}   "
+        lines.append(f"{r['model_id']:<32}{pct(r['clean_acc']):>10}{pct(r['adv_acc']):>13}{pct(r.get('pgd_acc')):>9}"
+                     f"{pct(r.get('apgd_ce_acc')):>9}{pct(r.get('apgd_dlr_acc')):>10}  "
                      f"{r['constraint']} eps={r['eps']:g}, PGD-{r['steps']} step {r['step_size']:g}, "
-                     f"{r['restarts']} restart(s), n={r['n']}")
+                     f"{r['restarts']} restart(s), APGD-{r.get('apgd_steps') or 0}, n={r['n']}")
     return "\n".join(lines)
 
 
@@ -121,12 +127,15 @@ def main(config: ExperimentConfig) -> None:
     start, attack = time.time(), spec.attack
     scores = evaluate_checkpoint(checkpoint, data, source, num_images, attack, shards=spec.shards,
                                  gpus_per_shard=spec.gpus_per_shard, cpus_per_shard=spec.cpus_per_shard,
-                                 batch_size=spec.batch_size, precision=spec.precision, compile=spec.compile)
+                                 batch_size=spec.batch_size, precision=spec.precision, compile=spec.compile,
+                                 apgd_steps=spec.apgd_steps)
+    if "pgd_acc" not in scores:  # no APGD: our PGD is the only attack
+        scores["pgd_acc"] = scores["adv_acc"]
     row = {"model_id": model_id, "checkpoint": checkpoint, "dataset": info["source"], **scores,
            "constraint": attack.constraint, "eps": attack.eps, "steps": attack.steps, "step_size": attack.step_size,
-           "restarts": attack.restarts, "seconds": time.time() - start, "git_sha": git_sha(), "created_at": now_utc()}
+           "restarts": attack.restarts, "apgd_steps": spec.apgd_steps if "apgd_ce_acc" in scores else 0, "seconds": time.time() - start, "git_sha": git_sha(), "created_at": now_utc()}
     append_rows(config.store_root, "evaluations", to_table([row], EVALUATIONS_SCHEMA),
-                key=f"{model_id}/{attack}/{num_images}")
+                key=f"{model_id}/{attack}/{num_images}/{spec.apgd_steps}")
     print(table_4([row]), flush=True)
 
 

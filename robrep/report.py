@@ -127,8 +127,13 @@ def _models_table(report: Report, models: pd.DataFrame, evaluations: pd.DataFram
     report.table(table)
     if not evaluations.empty:
         report.text("jobs.evaluate runs:")
-        report.table(evaluations[["model_id", "clean_acc", "adv_acc", "constraint", "eps", "steps", "step_size",
-                                  "restarts", "n"]])
+        report.text("Adversarial: right under every attack; PGD: ours alone; APGD-CE/-DLR: torchattacks' (an "
+                    "independent implementation), at the same eps and norm.")
+        columns = ["model_id", "clean_acc", "adv_acc", "pgd_acc", "apgd_ce_acc", "apgd_dlr_acc", "constraint", "eps",
+                   "steps", "step_size", "restarts", "apgd_steps", "n"]
+        report.table(evaluations[[c for c in columns if c in evaluations.columns]].rename(
+            columns={"clean_acc": "Standard", "adv_acc": "Adversarial", "pgd_acc": "PGD", "apgd_ce_acc": "APGD-CE",
+                     "apgd_dlr_acc": "APGD-DLR"}))
 
 
 def _summary(report: Report, results: pd.DataFrame, models: pd.DataFrame, tune: pd.DataFrame) -> None:

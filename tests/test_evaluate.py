@@ -20,14 +20,42 @@ def test_evaluate_imports_and_writes_table_4(tmp_path):
     write_beton(tmp_path / "test.beton", sources.synthetic(num_classes=10, per_class=2, resolution=32))
     proc = run_module("jobs.evaluate", "--robustness-checkpoint", str(tmp_path / "r.pt"), "--arch", "cifar_resnet18",
                       "--model-id", "imported_rn18", "--data", str(tmp_path / "test.beton"), "--store",
-                      str(tmp_path / "store"), "--eps", "0.5", "--steps", "2", "--step-size", "0.25")
+                      str(tmp_path / "store"), "--eps", "0.5", "--steps", "2", "--step-size", "0.25",
+                      "--apgd-steps", "3")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Standard" in proc.stdout and "imported_rn18" in proc.stdout and "PGD-2" in proc.stdout
+    assert "APGD-CE" in proc.stdout and "APGD-3" in proc.stdout
     evaluations = pd.read_parquet(tmp_path / "store" / "evaluations")
-    assert evaluations["n"].tolist() == [20] and evaluations["adv_acc"].iloc[0] <= evaluations["clean_acc"].iloc[0]
+    row = evaluations.iloc[0]
+    assert evaluations["n"].tolist() == [20] and row["adv_acc"] <= row["clean_acc"]
+    assert row["adv_acc"] <= min(row["pgd_acc"], row["apgd_ce_acc"], row["apgd_dlr_acc"]) and row["apgd_steps"] == 3
     models = pd.read_parquet(tmp_path / "store" / "models")
     assert models["model_id"].tolist() == ["imported_rn18"]
 
     wrong = run_module("jobs.evaluate", "--robustness-checkpoint", str(tmp_path / "r.pt"), "--arch", "resnet18",
                        "--model-id", "x", "--data", str(tmp_path / "test.beton"), "--store", str(tmp_path / "s2"))
     assert wrong.returncode == 2 and "CheckpointError" in wrong.stderr and "missing" in wrong.stderr
+
+
+def test_apgd_finds_no_more_than_our_pgd_on_the_trained_robust_model(trained_pair):
+    """AutoAttack's APGD-CE and APGD-DLR (torchattacks, an independent implementation) at the same eps against our
+    PGD-20 on the trained digits robust model, on every test image: APGD's accuracy is at most ours + 0.02, and
+    ours at most APGD-CE's (the same loss, 5x the steps) + 0.05: a bug that weakened our attack would show here.
+    (Measured: PGD-20 22.6%, APGD-CE 20.1%, APGD-DLR 14.8%; DLR is a stronger loss, hence "robust" is the
+    per-example minimum over all three.)"""
+    from datasets.beton import read_all
+    from robrep.checkpoint import load_checkpoint
+    from robrep.train import AttackSpec, evaluate_independently
+
+    tmp, _ = trained_pair
+    models = pd.read_parquet(tmp / "store" / "models").set_index("model_id")
+    model, _ = load_checkpoint(models.loc["digits_robust", "checkpoint"])
+    x, y = read_all(tmp / "data" / "test.beton")
+    attack = AttackSpec(eps=2.0, steps=20, step_size=0.25, random_start=False)  # the smoke config's eval_attack
+    scores = evaluate_independently(model, [(x[i:i + 120], y[i:i + 120]) for i in range(0, len(y), 120)], attack, 100)
+    print(scores)
+    assert 0.1 < scores["pgd_acc"] < scores["clean_acc"], "a robust model that an attack can still move"
+    assert scores["apgd_ce_acc"] <= scores["pgd_acc"] + 0.02 and scores["apgd_dlr_acc"] <= scores["pgd_acc"] + 0.02
+    assert scores["pgd_acc"] <= scores["apgd_ce_acc"] + 0.05
+    assert scores["adv_acc"] <= min(scores["pgd_acc"], scores["apgd_ce_acc"], scores["apgd_dlr_acc"])
+    assert abs(scores["pgd_acc"] - models.loc["digits_robust", "adv_acc"]) < 0.02, "the models table's PGD-20 number"

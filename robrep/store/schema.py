@@ -98,7 +98,11 @@ EVALUATIONS_SCHEMA = pa.schema(
         ("dataset", pa.string()),
         ("n", pa.int64()),
         ("clean_acc", pa.float32()),
-        ("adv_acc", pa.float32()),
+        ("adv_acc", pa.float32()),  # robust accuracy: right under every attack run (ours and APGD's)
+        ("pgd_acc", pa.float32()),  # under our PGD alone (older rows: null, their adv_acc is it)
+        ("apgd_ce_acc", pa.float32()),  # under torchattacks' APGD-CE (null: not run)
+        ("apgd_dlr_acc", pa.float32()),  # under torchattacks' APGD-DLR (null: not run or < 3 classes)
+        ("apgd_steps", pa.int32()),
         ("constraint", pa.string()),
         ("eps", pa.float32()),
         ("steps", pa.int32()),
