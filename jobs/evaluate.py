@@ -133,7 +133,8 @@ def main(config: ExperimentConfig) -> None:
         scores["pgd_acc"] = scores["adv_acc"]
     row = {"model_id": model_id, "checkpoint": checkpoint, "dataset": info["source"], **scores,
            "constraint": attack.constraint, "eps": attack.eps, "steps": attack.steps, "step_size": attack.step_size,
-           "restarts": attack.restarts, "apgd_steps": spec.apgd_steps if "apgd_ce_acc" in scores else 0, "seconds": time.time() - start, "git_sha": git_sha(), "created_at": now_utc()}
+           "restarts": attack.restarts, "apgd_steps": spec.apgd_steps if "apgd_ce_acc" in scores else 0,
+           "seconds": time.time() - start, "git_sha": git_sha(), "created_at": now_utc()}
     append_rows(config.store_root, "evaluations", to_table([row], EVALUATIONS_SCHEMA),
                 key=f"{model_id}/{attack}/{num_images}/{spec.apgd_steps}")
     print(table_4([row]), flush=True)

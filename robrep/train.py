@@ -226,5 +226,6 @@ def evaluate_independently(model: nn.Module, batches: Iterable[tuple[torch.Tenso
     n = counts["n"]
     if n == 0:
         raise ValueError("evaluate_independently() got no batches")
-    return {"n": n, "clean_acc": counts["clean"] / n, "pgd_acc": counts["pgd"] / n, "apgd_ce_acc": counts["apgd_ce"] / n,
+    return {"n": n, "clean_acc": counts["clean"] / n, "pgd_acc": counts["pgd"] / n,
+            "apgd_ce_acc": counts["apgd_ce"] / n,
             "apgd_dlr_acc": counts["apgd_dlr"] / n if classes >= 3 else float("nan"), "adv_acc": counts["adv"] / n}
