@@ -32,3 +32,7 @@ echo "[install] pip: the project's dependencies at constraints.txt's versions (t
 # against. Its attack steps and model definitions need only torch; its declared dependencies (cox, tables,
 # GPUtil, ...) are not needed for that, so it is installed without them.
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "robustness==1.2.1.post2"
+# jobs.evaluate's independent cross-check: AutoAttack's APGD from `torchattacks`. It imports only torch, numpy, scipy
+# and tqdm (all above); its declared `requests~=2.25.1` pin would downgrade what Ray needs, so it too comes without
+# its declared dependencies.
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "torchattacks==3.5.1"
