@@ -55,6 +55,19 @@ def _split(cache: dict, path: str, source: str | None):
     return size, get_images
 
 
+def judge(rows: list[dict], model: torch.nn.Module, on: str) -> None:
+    """The judge's label of each row's stored image (the 8-bit PNG a user sees), in judge_pred."""
+    import numpy as np
+
+    from robrep.figures import decode_png
+
+    images = torch.from_numpy(np.stack([decode_png(row["image_png"]) for row in rows])).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        preds = model(images.to(on).float() / 255).argmax(1).tolist()
+    for row, pred in zip(rows, preds, strict=True):
+        row["judge_pred"] = pred
+
+
 def run_batch(jobs: list[Job], cache: dict) -> list[dict]:
     """One batch of compatible jobs (one kind, one model, one PGD setting) -> rows of the kind's table."""
     first, on = jobs[0], device()
@@ -67,5 +80,7 @@ def run_batch(jobs: list[Job], cache: dict) -> list[dict]:
     seconds = (time.time() - start) / max(1, len(rows))
     if kind.table == "results":
         for row in rows:
-            row.update(node=platform.node(), device=on, seconds=seconds)
+            row.update(node=platform.node(), device=on, seconds=seconds, judge_pred=-1)
+        if first.judge_checkpoint and rows:
+            judge(rows, _model(cache, first.judge_checkpoint, on), on)
     return rows

@@ -37,7 +37,10 @@ def plan(config: ExperimentConfig) -> list[Job]:
     split = SplitRef(config.data.source, config.fanout.split, str(path), (3, info["resolution"], info["resolution"]),
                      info["num_classes"], fingerprint(path, info), config.data.stage_source(config.fanout.split))
     models = {name: resolve_model(config.store_root, name, info["num_classes"]) for name in config.fanout.models}
-    return plan_jobs(config.fanout, models, split, read_labels(path))
+    judge = config.fanout.judge
+    judge = None if judge in (None, "none") else models.get(judge) or resolve_model(config.store_root, judge,
+                                                                                     info["num_classes"])
+    return plan_jobs(config.fanout, models, split, read_labels(path), judge)
 
 
 def store_images(root: str, jobs: list[Job]) -> int:

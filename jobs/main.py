@@ -18,7 +18,7 @@ from jobs.config import ExperimentConfig
 from jobs.fanout import run_fanout
 from jobs.train import train_all
 from robrep.location import redact
-from robrep.report import build_report, summary_table
+from robrep.report import build_report, judged_table, summary_table
 from robrep.store import read_table
 
 
@@ -37,6 +37,9 @@ def main(config: ExperimentConfig) -> None:
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
         print(f"\n== summary (store: {redact(config.store_root)}) ==")
         print(table.to_string(index=False))
+        judged = judged_table(read_table(config.store_root, "results"))
+        if not judged.empty:  # fanout.judge: another classifier's label of every result image
+            print(judged.to_string(index=False))
     report = build_report(config.store_root, config.report_root)
     print(f"\n[main] report: {redact(report.path)} ({len(report.figures)} figures)")
     print(f"[main] done in {time.time() - start:.0f}s", flush=True)

@@ -41,6 +41,9 @@ class FanoutSpec:
     wait_for_lease: bool = False  # another driver holds the store's writer lease: queue behind it, not fail
     precision: Literal["fp32", "bf16"] = "fp32"  # of the PGD loops (robrep/fast.py); rows are measured in fp32
     compile: bool = False  # torch.compile the model of the PGD loops (`compile: on`)
+    # A classifier that did not produce the images labels every result image (judge_pred): a model_id or checkpoint
+    # folder. Default: with two models (a standard and a robust one), each is judged by the other; "none": no judge.
+    judge: str | None = None
 
     def validate(self) -> None:
         if not self.models:
@@ -105,8 +108,25 @@ def resolve_model(store: str, name: str, num_classes: int) -> ModelRef:
                     dim, model_digest(row["checkpoint"]))
 
 
-def expand_block(block: BlockSpec, fan: FanoutSpec, model: ModelRef, split: SplitRef, labels: np.ndarray
-                 ) -> list[Job]:
+def judges(fan: FanoutSpec, models: dict[str, ModelRef], judge: ModelRef | None) -> dict[str, ModelRef | None]:
+    """The judge of each fan-out model: fanout.judge for every model but itself, and otherwise, with exactly two
+    models, the other one; None where there is none (fanout.judge "none", or a third model and no judge)."""
+    names = list(fan.models)
+    chosen = {}
+    for name in names:
+        if fan.judge == "none":
+            chosen[name] = None
+        elif judge is not None and judge.model_id != models[name].model_id:
+            chosen[name] = judge
+        elif len(names) == 2:
+            chosen[name] = models[names[1 - names.index(name)]]
+        else:
+            chosen[name] = None
+    return chosen
+
+
+def expand_block(block: BlockSpec, fan: FanoutSpec, model: ModelRef, split: SplitRef, labels: np.ndarray,
+                 judge: ModelRef | None = None) -> list[Job]:
     """Every job of one block for one model, with its job_id."""
     ctx = ExpandContext(select_indices(block.indices or fan.indices, labels), labels, model.representation_dim,
                         fan.rng_seed)
@@ -115,12 +135,16 @@ def expand_block(block: BlockSpec, fan: FanoutSpec, model: ModelRef, split: Spli
                  model_digest=model.digest, dataset_fingerprint=split.fingerprint, **pgd,
                  store_representation=block.store_representation, checkpoint=model.checkpoint,
                  dataset_path=split.path, dataset_source=split.source, image_shape=split.image_shape,
-                 model_robust=model.robust, model_eps=model.eps, precision=fan.precision, compile=fan.compile)
+                 model_robust=model.robust, model_eps=model.eps, precision=fan.precision, compile=fan.compile,
+                 judge_model_id=judge.model_id if judge else "", judge_checkpoint=judge.checkpoint if judge else "")
     return [dataclasses.replace(common, **fields).with_id() for fields in get_kind(block.kind).expand(block, ctx)]
 
 
-def plan_jobs(fan: FanoutSpec, models: dict[str, ModelRef], split: SplitRef, labels: np.ndarray) -> list[Job]:
-    """Every job of the fan-out, deterministic, without duplicates (blocks a kind relies on come first)."""
+def plan_jobs(fan: FanoutSpec, models: dict[str, ModelRef], split: SplitRef, labels: np.ndarray,
+              judge: ModelRef | None = None) -> list[Job]:
+    """Every job of the fan-out, deterministic, without duplicates (blocks a kind relies on come first); `judge` is
+    fanout.judge's model, where set."""
+    judge_of = judges(fan, models, judge)
     blocks = []
     for block in fan.jobs:
         needs = get_kind(block.kind).needs
@@ -128,7 +152,7 @@ def plan_jobs(fan: FanoutSpec, models: dict[str, ModelRef], split: SplitRef, lab
     jobs: dict[str, Job] = {}
     for block in blocks:
         for name in block.models or fan.models:
-            for job in expand_block(block, fan, models[name], split, labels):
+            for job in expand_block(block, fan, models[name], split, labels, judge_of[name]):
                 jobs.setdefault(job.job_id, job)
     return list(jobs.values())
 

@@ -112,8 +112,38 @@ def summary_table(models: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
             "mean_rep_dist_rel": group["rep_dist_rel"].mean(),
             "mean_pix_dist_target": group["pix_dist_target"].mean(),
             "other_class_nearer_target": (other["pix_dist_target"] < other["pix_dist_source"]).mean(),
+            "other_class_judged_target": _judged_as_target(other),
+            "judge_model_id": _judge(other),
             "other_class_jobs": len(other),
         })
+    return pd.DataFrame(rows)
+
+
+def _judged(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows a judge labelled (judge_pred >= 0) that have a target class."""
+    if "judge_pred" not in rows.columns:
+        return rows.iloc[0:0]
+    return rows[(rows["judge_pred"].fillna(-1) >= 0) & (rows["target_class"] >= 0)]
+
+
+def _judged_as_target(rows: pd.DataFrame) -> float:
+    """The fraction of judged rows whose judge labels the image as the target's class (NaN: none judged)."""
+    judged = _judged(rows)
+    return float((judged["judge_pred"] == judged["target_class"]).mean()) if len(judged) else float("nan")
+
+
+def _judge(rows: pd.DataFrame) -> str | None:
+    judged = _judged(rows)
+    return ",".join(sorted(judged["judge_model_id"].dropna().unique())) or None if len(judged) else None
+
+
+def judged_table(results: pd.DataFrame) -> pd.DataFrame:
+    """Per model and kind (and start): how often the judge labels a result image as its target's class."""
+    results = latest_setting(results)
+    rows = []
+    for (model_id, kind, init), group in _judged(results).groupby(["model_id", "kind", "init"], dropna=False):
+        rows.append({"model_id": model_id, "kind": kind, "init": init, "judge_model_id": _judge(group),
+                     "judged_as_target": _judged_as_target(group), "rows": len(group)})
     return pd.DataFrame(rows)
 
 
@@ -144,6 +174,11 @@ def _summary(report: Report, results: pd.DataFrame, models: pd.DataFrame, tune: 
         report.table(results.groupby(["kind", "model_id"]).size().rename("rows").reset_index())
         if (results["kind"] == "invert").any():
             report.table(summary_table(models, results))
+        judged = judged_table(results)
+        if not judged.empty:
+            report.text("Judged as target: the fraction of result images that a classifier which did not produce "
+                        "them (fanout.judge; default: the other model of the pair) labels as the target's class.")
+            report.table(judged)
     report.heading("Tuning (jobs.tune)")
     if tune.empty:
         report.missing_section("tune_trials", "run python -m jobs.tune")

@@ -171,3 +171,36 @@ def test_fanout_with_untrained_model_exits_nonzero(trained_pair, tmp_path):
     proc = run_module("jobs.fanout", "--config", SMOKE, *store_overrides(tmp_path))
     assert proc.returncode == 2
     assert "'digits_standard' is not in the store's models table" in proc.stderr
+
+
+@pytest.mark.ray
+@pytest.mark.ffcv
+def test_every_result_image_is_judged_by_the_other_model(trained_pair):
+    """fanout.judge's default with two models: each model's result images are labelled by the other one; judge_pred
+    is that model's label of the stored 8-bit image, and the summary gives "judged as target" per model and kind."""
+    import torch
+
+    from robrep.checkpoint import load_checkpoint
+    from robrep.figures import decode_png
+    from robrep.report import judged_table, summary_table
+    from robrep.store import load_results, read_table
+
+    tmp, proc = trained_pair
+    results = load_results(tmp / "store")
+    other = {"digits_standard": "digits_robust", "digits_robust": "digits_standard"}
+    assert (results["judge_model_id"] == results["model_id"].map(other)).all()
+    models = read_table(tmp / "store", "models").set_index("model_id")
+    for judge_id, rows in results.groupby("judge_model_id"):
+        judge, _ = load_checkpoint(models.loc[judge_id, "checkpoint"])
+        images = torch.stack([torch.from_numpy(decode_png(b)).permute(2, 0, 1) for b in rows["image_png"]]) / 255
+        with torch.no_grad():
+            assert judge(images).argmax(1).tolist() == rows["judge_pred"].tolist()
+    assert (results["judge_pred"] != results["pred_class"]).any(), "the judge is another classifier"
+    summary = summary_table(read_table(tmp / "store", "models"), results).set_index("model_id")
+    inverted = results[(results["kind"] == "invert") & (results["init"] == "image")]
+    for model_id, rows in inverted.groupby("model_id"):
+        expected = (rows["judge_pred"] == rows["target_class"]).mean()
+        assert summary.loc[model_id, "other_class_judged_target"] == pytest.approx(expected)
+    judged = judged_table(results)
+    assert set(judged["kind"]) >= {"invert", "pairs", "interpolate"} and judged["judged_as_target"].between(0, 1).all()
+    assert "other_class_judged_target" in proc.stdout and "judged_as_target" in proc.stdout

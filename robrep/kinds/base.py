@@ -94,6 +94,10 @@ class Job:
     model_robust: bool = field(default=False, compare=False)
     model_eps: float = field(default=0.0, compare=False)
     compile: bool = field(default=False, compare=False)  # torch.compile the PGD loop's model
+    # The judge: a classifier that did not produce the images labels each one (judge_pred). A measurement of the
+    # result, not part of it: not in the job's identity (a rerun with another judge skips committed jobs).
+    judge_model_id: str = field(default="", compare=False)
+    judge_checkpoint: str = field(default="", compare=False)
     job_id: str = field(default="", compare=False)
 
     def identity(self) -> dict:
@@ -112,8 +116,10 @@ class Job:
         """The job's own columns of a result row."""
         names = ("kind", "model_id", "dataset", "split", "target_index", "source_index", "init", "rng_seed",
                  "constraint", "eps", "step_size", "steps", "coordinate", "lam", "job_id", "model_robust", "model_eps",
-                 "model_digest", "dataset_fingerprint", "precision")
-        return {name: getattr(self, name) for name in names}
+                 "model_digest", "dataset_fingerprint", "precision", "judge_model_id")
+        columns = {name: getattr(self, name) for name in names}
+        columns["judge_model_id"] = self.judge_model_id or None
+        return columns
 
 
 @dataclass(frozen=True)

@@ -121,6 +121,8 @@ def load_results(root: str | Path, filters: list | None = None, columns: list[st
     frame = read_table(root, "results", filters, columns)
     if "precision" in frame.columns:
         frame["precision"] = frame["precision"].fillna("fp32")
+    if "judge_pred" in frame.columns:  # rows written before the judge existed: not judged
+        frame["judge_pred"] = frame["judge_pred"].fillna(-1).astype("int32")
     if decode_images:
         frame["image"] = [decode_png(b) for b in frame["image_png"]]
     return frame
