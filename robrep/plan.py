@@ -161,6 +161,7 @@ def pack(jobs: list[Job], batch_size: int) -> list[list[Job]]:
     """Group compatible jobs (same model, kind and PGD settings) into batches of at most batch_size."""
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
-        key = (job.model_id, job.kind, job.constraint, job.step_size, job.steps, job.precision, job.compile)
+        key = (job.model_id, job.kind, job.constraint, job.step_size, job.steps, job.precision, job.compile,
+               job.jitter, job.max_degrees)
         groups.setdefault(key, []).append(job)
     return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]

@@ -198,7 +198,9 @@ def build_report(store: str, out: str, title: str | None = None) -> Report:
                 "size, steps) run last; the store keeps every run.")
     _models_table(report, models, read_table(store, "evaluations"))
     for kind in KINDS.values():
-        if kind.report is not None:
+        if kind.name == "regularized_visualize":  # beside direct visualization (Fig. 10)
+            kind.report(report, results[results["kind"] == kind.name], lookup, results[results["kind"] == "visualize"])
+        elif kind.report is not None:
             kind.report(report, results[results["kind"] == kind.name], lookup)
     _summary(report, results, models, read_table(store, "tune_trials"))
     report.write(title or f"robrep report: {redact(store)}")

@@ -30,17 +30,25 @@ def test_main_smoke_writes_every_kind_then_a_rerun_of_main_skips_everything(smok
     models = pd.read_parquet(tmp / "store" / "models")
     assert sorted(models["model_id"]) == ["digits_robust", "digits_standard"]
     assert models["clean_acc"].between(0, 1).all()
-    assert len(results) == 62  # 48 result jobs; each of the 4 top_activating jobs writes 2k = 4 rows
+    assert len(results) == 64  # 48 result jobs; each of the 4 top_activating jobs writes 2k = 4 rows
     representations = pd.read_parquet(tmp / "store" / "representations")
     assert len(representations) == 2 * 359 and len(representations["representation"].iloc[0]) == 128
     assert results[results["kind"] != "top_activating"]["job_id"].is_unique
     assert (results[results["kind"] == "invert"].groupby("model_id").size() == 12).all()
     assert set(results["kind"]) == {"invert", "invert_sweep", "pairs", "visualize", "manipulate", "interpolate",
-                                    "top_activating"}
+                                    "top_activating", "regularized_visualize"}
     inverted = results[results["kind"] == "invert"]
     for column in ("run_id", "model_id", "rep_dist", "rep_dist_rel", "pix_dist_target", "pix_dist_source",
                    "image_png", "steps", "eps", "step_size", "init", "git_sha"):
         assert inverted[column].notna().all(), column
+    regularized = results[results["kind"] == "regularized_visualize"]
+    direct = results[(results["kind"] == "visualize") & (results["model_id"] == "digits_standard")
+                     & (results["init"] == "gray")].set_index("coordinate")
+    assert set(regularized["model_id"]) == {"digits_standard"} and (regularized["jitter"] == 1).all()
+    assert (regularized["max_degrees"] == 10).all()
+    assert (results.loc[results["kind"] != "regularized_visualize", "jitter"] == 0).all()
+    for row in regularized.itertuples():  # the same start and coordinate, moved by jitter and rotation
+        assert row.coordinate in direct.index and row.image_png != direct.loc[row.coordinate, "image_png"]
     image_rows = inverted[inverted["init"] == "image"]
     assert (image_rows["source_class"] != image_rows["target_class"]).all()
     manifests = list((tmp / "store" / "_manifests").glob("*.json"))
@@ -53,9 +61,9 @@ def test_main_smoke_writes_every_kind_then_a_rerun_of_main_skips_everything(smok
     second = run_module("jobs.main", "--config", SMOKE, *store_overrides(tmp))
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("already in the models table, skipped") == 2
-    assert "52 jobs, 52 already in the store, 0 to run" in second.stdout
+    assert "54 jobs, 54 already in the store, 0 to run" in second.stdout
     assert "[data] using" in second.stdout
-    assert len(pd.read_parquet(tmp / "store" / "results")) == 62
+    assert len(pd.read_parquet(tmp / "store" / "results")) == 64
     assert len(pd.read_parquet(tmp / "store" / "train_metrics")) == 4
     assert pd.read_parquet(tmp / "store" / "models")["created_at"].tolist() == models["created_at"].tolist()
 
@@ -86,11 +94,12 @@ def test_report_has_every_figure(smoke):
     names = {Path(p).stem for p in report.figures}
     assert names == {"inversion_image", "inversion_noise", "fig4_sweep", "fig7_visualize_digits_robust",
                      "fig7_visualize_digits_standard", "fig11_manipulate", "fig12_interpolate",
-                     "fig8_top_digits_robust", "fig8_top_digits_standard", "sec2_pairs_digits_standard"}
+                     "fig8_top_digits_robust", "fig8_top_digits_standard", "sec2_pairs_digits_standard",
+                     "fig10_regularized"}
     assert all(Path(p).stat().st_size > 200 for p in report.figures)
     assert set(report.missing) <= {"tune_trials"}
     page = (tmp / "report" / "report.html").read_text()
-    assert page.count("<img") == 10 and "Table 4/5" in page and "digits_robust" in page
+    assert page.count("<img") == 11 and "Table 4/5" in page and "digits_robust" in page
 
 
 def test_report_on_an_empty_store_says_what_is_missing(tmp_path):

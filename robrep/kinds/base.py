@@ -63,6 +63,9 @@ class PGDBlockSpec(BlockSpec):
                 raise ConfigError(f"fanout.jobs {self.kind}: {key}={value} must be a finite number > 0")
 
 
+LATER_FIELDS = {"precision": "fp32", "jitter": 0, "max_degrees": 0.0}  # Job fields added after stores existed
+
+
 @dataclass(frozen=True)
 class Job:
     """One fan-out job: what it computes (hashed into job_id) and where its model and images are."""
@@ -86,6 +89,8 @@ class Job:
     images_per_end: int = 0  # top_activating: the k most and k least activating images
     store_representation: bool = False
     precision: str = "fp32"  # of the PGD loop (robrep/fast.py); in the job's identity unless fp32
+    jitter: int = 0  # regularized_visualize: random shift, up to this many pixels, per step (Fig. 10)
+    max_degrees: float = 0.0  # regularized_visualize: random rotation, up to this many degrees, per step
     # Where things are and how fast they run: not part of the job's identity.
     checkpoint: str = field(default="", compare=False)
     dataset_path: str = field(default="", compare=False)  # the .beton on the worker's node
@@ -101,11 +106,13 @@ class Job:
     job_id: str = field(default="", compare=False)
 
     def identity(self) -> dict:
-        """The fields that change a result. precision "fp32" is left out, so the ids of the jobs run before
-        precision existed (all fp32) stay the same and a store keeps resuming them."""
+        """The fields that change a result. Fields added later are left out at their default (precision "fp32",
+        no jitter or rotation), so the ids of the jobs run before they existed stay the same and a store keeps
+        resuming them."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
-        if fields["precision"] == "fp32":
-            del fields["precision"]
+        for name, default in LATER_FIELDS.items():
+            if fields[name] == default:
+                del fields[name]
         return fields
 
     def with_id(self) -> Job:
@@ -116,7 +123,7 @@ class Job:
         """The job's own columns of a result row."""
         names = ("kind", "model_id", "dataset", "split", "target_index", "source_index", "init", "rng_seed",
                  "constraint", "eps", "step_size", "steps", "coordinate", "lam", "job_id", "model_robust", "model_eps",
-                 "model_digest", "dataset_fingerprint", "precision", "judge_model_id")
+                 "model_digest", "dataset_fingerprint", "precision", "judge_model_id", "jitter", "max_degrees")
         columns = {name: getattr(self, name) for name in names}
         columns["judge_model_id"] = self.judge_model_id or None
         return columns

@@ -51,6 +51,8 @@ RESULTS_SCHEMA = pa.schema(
         ("model_digest", pa.string()),  # sha256 of the weights that produced the row
         ("dataset_fingerprint", pa.string()),  # sha256 of the .beton its images came from
         ("precision", pa.string()),  # of the PGD loop: fp32 | bf16 (null in rows written before it existed: fp32)
+        ("jitter", pa.int32()),  # regularized_visualize: pixels of random shift per step (0: none)
+        ("max_degrees", pa.float32()),  # regularized_visualize: degrees of random rotation per step (0: none)
         ("judge_model_id", pa.string()),  # the classifier that labelled image_png (fanout.judge); null: none
         ("judge_pred", pa.int32()),  # its label of image_png, the stored 8-bit image; -1 without a judge
     ]
