@@ -230,6 +230,48 @@ def synthetic(num_classes: int = 10, per_class: int = 20, resolution: int = 32, 
     )
 
 
+# Out-of-distribution targets for models trained on digits: shapes and letters drawn as bright strokes on black,
+# the digits' style, none of them a digit. Each is a polyline (or an ellipse) in a unit square.
+GLYPHS: dict[str, list[list[tuple[float, float]]]] = {
+    "circle": [],  # an ellipse, drawn apart
+    "square": [[(0.2, 0.2), (0.8, 0.2), (0.8, 0.8), (0.2, 0.8), (0.2, 0.2)]],
+    "triangle": [[(0.5, 0.15), (0.85, 0.8), (0.15, 0.8), (0.5, 0.15)]],
+    "cross": [[(0.5, 0.15), (0.5, 0.85)], [(0.15, 0.5), (0.85, 0.5)]],
+    "A": [[(0.2, 0.85), (0.5, 0.15), (0.8, 0.85)], [(0.32, 0.58), (0.68, 0.58)]],
+    "E": [[(0.75, 0.15), (0.3, 0.15), (0.3, 0.85), (0.75, 0.85)], [(0.3, 0.5), (0.65, 0.5)]],
+    "H": [[(0.25, 0.15), (0.25, 0.85)], [(0.75, 0.15), (0.75, 0.85)], [(0.25, 0.5), (0.75, 0.5)]],
+    "X": [[(0.2, 0.15), (0.8, 0.85)], [(0.8, 0.15), (0.2, 0.85)]],
+}
+
+
+def glyphs(resolution: int, per_class: int = 4, rng_seed: int = 0) -> Source:
+    """Shapes and letters (GLYPHS) at `resolution`, `per_class` variants each (a small random shift and scale),
+    drawn at 8x and downsampled, so strokes are soft like the digits'."""
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(rng_seed)
+    big = resolution * 8
+    images, labels = [], []
+    for label, (name, strokes) in enumerate(GLYPHS.items()):
+        for _ in range(per_class):
+            scale, dx, dy = rng.uniform(0.85, 1.0), *rng.uniform(-0.06, 0.06, 2)
+
+            def at(p, scale=scale, dx=dx, dy=dy):
+                return (big * (0.5 + (p[0] - 0.5) * scale + dx), big * (0.5 + (p[1] - 0.5) * scale + dy))
+
+            canvas = Image.new("L", (big, big), 0)
+            draw = ImageDraw.Draw(canvas)
+            width = max(1, round(big * 0.1))
+            if name == "circle":
+                draw.ellipse([*at((0.2, 0.2)), *at((0.8, 0.8))], outline=255, width=width)
+            for line in strokes:
+                draw.line([at(p) for p in line], fill=255, width=width, joint="curve")
+            small = np.asarray(canvas.resize((resolution, resolution), Image.BILINEAR, reducing_gap=2.0))
+            images.append(np.repeat(small[..., None], 3, axis=2))
+            labels.append(label)
+    return _array_source(f"glyphs@{resolution}", np.stack(images), np.asarray(labels), list(GLYPHS))
+
+
 def digits(resolution: int, split: str, test_fraction: float = 0.2, rng_seed: int = 0) -> Source:
     """scikit-learn's digits resized to `resolution`, with a deterministic stratified split."""
     from datasets.digits import LABEL_NAMES, load_digits_rgb, split_indices

@@ -15,7 +15,7 @@ import uuid
 from jobs.common import git_sha, run_entry_point
 from jobs.config import ExperimentConfig
 from robrep.config import to_plain
-from robrep.errors import ConfigError
+from robrep.errors import ConfigError, DataError
 from robrep.kinds import get_kind
 from robrep.kinds.base import Job
 from robrep.location import redact, redact_all
@@ -28,19 +28,59 @@ from robrep.store.schema import FAILURES_SCHEMA, IMAGES_SCHEMA, now_utc, to_tabl
 
 def plan(config: ExperimentConfig) -> list[Job]:
     """Validate the fan-out against the store and data, and expand it: every error comes before any job runs."""
-    from datasets.beton import fingerprint, read_info, read_labels
-
     if config.fanout is None:
         raise ConfigError("this config has no fanout section")
-    path = config.data.local(config.fanout.split)  # staged to this node from data.stage_from, where set
-    info = read_info(path)
-    split = SplitRef(config.data.source, config.fanout.split, str(path), (3, info["resolution"], info["resolution"]),
-                     info["num_classes"], fingerprint(path, info), config.data.stage_source(config.fanout.split))
-    models = {name: resolve_model(config.store_root, name, info["num_classes"]) for name in config.fanout.models}
+    split, labels = split_ref(config, config.fanout.split, config.data.source)
+    models = {name: resolve_model(config.store_root, name, split.num_classes) for name in config.fanout.models}
     judge = config.fanout.judge
     judge = None if judge in (None, "none") else models.get(judge) or resolve_model(config.store_root, judge,
-                                                                                     info["num_classes"])
-    return plan_jobs(config.fanout, models, split, read_labels(path), judge)
+                                                                                     split.num_classes)
+    targets = {}
+    for name in sorted({b.targets_from for b in config.fanout.jobs if getattr(b, "targets_from", None)}):
+        build_targets(config, name)
+        targets[name] = split_ref(config, name, name)
+        if targets[name][0].image_shape != split.image_shape:
+            raise ConfigError(f"fanout.jobs invert.targets_from={name!r}: its images are "
+                              f"{targets[name][0].image_shape[1]} px, the models' "
+                              f"{split.image_shape[1]} px; build it at data.resolution")
+    return plan_jobs(config.fanout, models, split, labels, judge, targets)
+
+
+def split_ref(config: ExperimentConfig, name: str, dataset: str):
+    """(SplitRef, labels) of <data.dir>/<name>.beton, staged to this node from data.stage_from where set."""
+    from datasets.beton import fingerprint, read_info, read_labels
+
+    path = config.data.local(name)
+    info = read_info(path)
+    ref = SplitRef(dataset, name, str(path), (3, info["resolution"], info["resolution"]), info["num_classes"],
+                   fingerprint(path, info), config.data.stage_source(name))
+    return ref, read_labels(path)
+
+
+def build_targets(config: ExperimentConfig, name: str) -> None:
+    """The built-in out-of-distribution targets ("glyphs": shapes and letters) at data.resolution, written to
+    <data.dir>/glyphs.beton (and uploaded to data.stage_from) when missing. Other names must have been built with
+    jobs.build_dataset."""
+    from datasets.beton import write_beton
+    from datasets.sources import glyphs
+    from datasets.stage import upload
+
+    data = config.data
+    if name != "glyphs":
+        return
+    if data.stage_from:
+        try:
+            data.local(name)  # staged from data.stage_from, where another driver put it
+            return
+        except DataError:
+            pass
+    elif data.path(name).is_file():
+        return
+    if not data.path(name).is_file():
+        write_beton(data.path(name), glyphs(data.resolution), info={"split": name})
+        print(f"[data] wrote {data.path(name)}: shapes and letters at {data.resolution}px", flush=True)
+    if data.stage_from:
+        upload(data.path(name), data.stage_source(name))
 
 
 def store_images(root: str, jobs: list[Job]) -> int:
@@ -49,19 +89,20 @@ def store_images(root: str, jobs: list[Job]) -> int:
     from datasets.beton import read_indices
     from robrep.figures import encode_png
 
-    if not jobs:
-        return 0
-    first = jobs[0]
-    have = read_table(root, "images", filters=[("dataset", "=", first.dataset), ("split", "=", first.split)],
-                      columns=["index"])
-    wanted = sorted({i for j in jobs for i in (j.target_index, j.source_index) if i >= 0} - set(have["index"]))
-    if not wanted:
-        return 0
-    images, labels = read_indices(first.dataset_path, wanted)
-    rows = [{"dataset": first.dataset, "split": first.split, "index": i, "label": int(y), "image_png": encode_png(x)}
-            for i, x, y in zip(wanted, images, labels, strict=True)]
-    append_rows(root, "images", to_table(rows, IMAGES_SCHEMA), key=f"{first.dataset}/{first.split}/{wanted}")
-    return len(rows)
+    added = 0
+    for dataset, split, path in sorted({(j.dataset, j.split, j.dataset_path) for j in jobs}):
+        same = [j for j in jobs if (j.dataset, j.split) == (dataset, split)]
+        have = read_table(root, "images", filters=[("dataset", "=", dataset), ("split", "=", split)],
+                          columns=["index"])
+        wanted = sorted({i for j in same for i in (j.target_index, j.source_index) if i >= 0} - set(have["index"]))
+        if not wanted:
+            continue
+        images, labels = read_indices(path, wanted)
+        rows = [{"dataset": dataset, "split": split, "index": i, "label": int(y), "image_png": encode_png(x)}
+                for i, x, y in zip(wanted, images, labels, strict=True)]
+        append_rows(root, "images", to_table(rows, IMAGES_SCHEMA), key=f"{dataset}/{split}/{wanted}")
+        added += len(rows)
+    return added
 
 
 def run_fanout(config: ExperimentConfig, jobs: list[Job] | None = None) -> dict:

@@ -141,10 +141,12 @@ def expand_block(block: BlockSpec, fan: FanoutSpec, model: ModelRef, split: Spli
 
 
 def plan_jobs(fan: FanoutSpec, models: dict[str, ModelRef], split: SplitRef, labels: np.ndarray,
-              judge: ModelRef | None = None) -> list[Job]:
+              judge: ModelRef | None = None, targets: dict[str, tuple[SplitRef, np.ndarray]] | None = None
+              ) -> list[Job]:
     """Every job of the fan-out, deterministic, without duplicates (blocks a kind relies on come first); `judge` is
-    fanout.judge's model, where set."""
+    fanout.judge's model, where set; `targets` the (split, labels) of each invert block's targets_from."""
     judge_of = judges(fan, models, judge)
+    targets = targets or {}
     blocks = []
     for block in fan.jobs:
         needs = get_kind(block.kind).needs
@@ -152,7 +154,8 @@ def plan_jobs(fan: FanoutSpec, models: dict[str, ModelRef], split: SplitRef, lab
     jobs: dict[str, Job] = {}
     for block in blocks:
         for name in block.models or fan.models:
-            for job in expand_block(block, fan, models[name], split, labels, judge_of[name]):
+            block_split, block_labels = targets.get(getattr(block, "targets_from", None), (split, labels))
+            for job in expand_block(block, fan, models[name], block_split, block_labels, judge_of[name]):
                 jobs.setdefault(job.job_id, job)
     return list(jobs.values())
 
@@ -162,6 +165,6 @@ def pack(jobs: list[Job], batch_size: int) -> list[list[Job]]:
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
         key = (job.model_id, job.kind, job.constraint, job.step_size, job.steps, job.precision, job.compile,
-               job.jitter, job.max_degrees)
+               job.jitter, job.max_degrees, job.dataset_path)
         groups.setdefault(key, []).append(job)
     return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]

@@ -97,7 +97,7 @@ def summary_table(models: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     nearer the target than their source in pixel L2 (the Fig. 3 observation as a number).
     """
     models = models.sort_values("created_at").groupby("model_id").last() if not models.empty else models
-    results = latest_setting(results)
+    results = in_distribution(latest_setting(results))
     rows = []
     for model_id, group in results[results["kind"] == "invert"].groupby("model_id"):
         other = group[(group["init"] == "image") & (group["source_class"] != group["target_class"])]
@@ -137,9 +137,18 @@ def _judge(rows: pd.DataFrame) -> str | None:
     return ",".join(sorted(judged["judge_model_id"].dropna().unique())) or None if len(judged) else None
 
 
+def in_distribution(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the dataset most rows come from (the models' own): out-of-distribution targets (invert's
+    targets_from) have classes the models and the judge do not know."""
+    if results.empty:
+        return results
+    return results[results["dataset"] == results["dataset"].value_counts().index[0]]
+
+
 def judged_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Per model and kind (and start): how often the judge labels a result image as its target's class."""
-    results = latest_setting(results)
+    """Per model and kind (and start): how often the judge labels a result image as its target's class (the
+    models' own dataset: out-of-distribution targets have no class the judge knows)."""
+    results = in_distribution(latest_setting(results))
     rows = []
     for (model_id, kind, init), group in _judged(results).groupby(["model_id", "kind", "init"], dropna=False):
         rows.append({"model_id": model_id, "kind": kind, "init": init, "judge_model_id": _judge(group),
@@ -193,7 +202,7 @@ def build_report(store: str, out: str, title: str | None = None) -> Report:
     report = Report(absolute(out))
     models, results = read_table(store, "models"), latest_setting(read_table(store, "results"))
     images = read_table(store, "images")
-    lookup = {(row.split, int(row.index)): row.image_png for row in images.itertuples()}
+    lookup = {(row.dataset, row.split, int(row.index)): row.image_png for row in images.itertuples()}
     report.text("Every figure and the summary show, per model and kind, the setting (weights, constraint, eps, step "
                 "size, steps) run last; the store keeps every run.")
     _models_table(report, models, read_table(store, "evaluations"))

@@ -120,7 +120,7 @@ def test_the_smoke_pipeline_runs_on_nodes_that_share_only_s3(cluster):
             "--set", "train.digits_standard.epochs=1", "--set", "train.digits_robust.epochs=1",
             "--set", f"tune.output={root}/tune_best.yaml", "--set", "tune.num_samples=4"]
     main = run_job(client, "jobs.main", *sets)
-    assert "uploaded it to s3://" in main and "54 to run" in main
+    assert "uploaded it to s3://" in main and "58 to run" in main
     evaluate = run_job(client, "jobs.evaluate", *sets, "--model", "digits_robust", "--eps", "2.0", "--step-size",
                        "0.25", "--max-images", "40")
     assert "digits_robust" in evaluate
@@ -129,7 +129,7 @@ def test_the_smoke_pipeline_runs_on_nodes_that_share_only_s3(cluster):
     run_job(client, "jobs.report", *sets)
 
     results = pd.read_parquet(f"{root}/store/results")  # pandas, straight from S3
-    assert len(results) == 64 and set(results["git_sha"]) == {"sha-cluster-test"}
+    assert len(results) == 68 and set(results["git_sha"]) == {"sha-cluster-test"}
     assert set(results["node"]) == set(NODES), "the fan-out ran on both worker nodes, never on the head"
     metrics = pd.read_parquet(f"{root}/store/train_metrics")  # written by rank 0 on a worker node
     assert sorted(metrics["epoch"]) == [0, 0] and set(metrics["world_size"]) == {2}

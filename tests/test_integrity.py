@@ -74,13 +74,13 @@ def test_damaged_and_foreign_files_never_block_a_read_and_a_rerun_restores_their
     assert check.returncode == 1 and "README.txt: not a part file" in check.stdout and "unreadable" in check.stdout
     assert victim.exists()  # check changes nothing
     results = read_table(store, "results")  # the read works, and moves both aside with a warning
-    assert len(results) == 64 - lost
+    assert len(results) == 68 - lost
     assert (store / "_quarantine" / "results" / "kind=invert" / "README.txt").exists() and not victim.exists()
     rerun = run_module("jobs.fanout", "--config", SMOKE, *store_overrides(tmp_path))
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     assert f"{lost} to run" in rerun.stdout
     results = pd.read_parquet(store / "results")
-    assert len(results) == 64 and results[results["kind"] != "top_activating"]["job_id"].is_unique
+    assert len(results) == 68 and results[results["kind"] != "top_activating"]["job_id"].is_unique
     assert run_module("jobs.store", "check", "--store", str(store)).returncode == 0
 
 

@@ -95,6 +95,6 @@ def test_the_readmes_local_head_and_job_submit_commands_run_verbatim(tmp_path):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, out[-6000:]
     assert "smoke-1" in out and "'smoke-2' succeeded" in out
-    assert "[main] done" in out and "54 jobs, 54 already in the store, 0 to run" in out
+    assert "[main] done" in out and "58 jobs, 58 already in the store, 0 to run" in out
     results = pd.read_parquet(checkout / "runs" / "local" / "store" / "results")
-    assert len(results) == 64 and results[results["kind"] != "top_activating"]["job_id"].is_unique
+    assert len(results) == 68 and results[results["kind"] != "top_activating"]["job_id"].is_unique

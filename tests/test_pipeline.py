@@ -30,11 +30,16 @@ def test_main_smoke_writes_every_kind_then_a_rerun_of_main_skips_everything(smok
     models = pd.read_parquet(tmp / "store" / "models")
     assert sorted(models["model_id"]) == ["digits_robust", "digits_standard"]
     assert models["clean_acc"].between(0, 1).all()
-    assert len(results) == 64  # 48 result jobs; each of the 4 top_activating jobs writes 2k = 4 rows
+    assert len(results) == 68  # 52 result jobs; each of the 4 top_activating jobs writes 2k = 4 rows
     representations = pd.read_parquet(tmp / "store" / "representations")
     assert len(representations) == 2 * 359 and len(representations["representation"].iloc[0]) == 128
     assert results[results["kind"] != "top_activating"]["job_id"].is_unique
-    assert (results[results["kind"] == "invert"].groupby("model_id").size() == 12).all()
+    assert (results[results["kind"] == "invert"].groupby("model_id").size() == 14).all()
+    outside = results[results["dataset"] == "glyphs"]  # targets_from: shapes and letters, not digits
+    assert len(outside) == 4 and set(outside["target_index"]) == {4, 16} and set(outside["split"]) == {"glyphs"}
+    assert set(outside["target_class"]) == {1, 4} and (outside["init"] == "noise").all()  # square, A
+    images = pd.read_parquet(tmp / "store" / "images")
+    assert set(images[images["dataset"] == "glyphs"]["index"]) == {4, 16}
     assert set(results["kind"]) == {"invert", "invert_sweep", "pairs", "visualize", "manipulate", "interpolate",
                                     "top_activating", "regularized_visualize"}
     inverted = results[results["kind"] == "invert"]
@@ -61,9 +66,9 @@ def test_main_smoke_writes_every_kind_then_a_rerun_of_main_skips_everything(smok
     second = run_module("jobs.main", "--config", SMOKE, *store_overrides(tmp))
     assert second.returncode == 0, second.stderr[-3000:]
     assert second.stdout.count("already in the models table, skipped") == 2
-    assert "54 jobs, 54 already in the store, 0 to run" in second.stdout
+    assert "58 jobs, 58 already in the store, 0 to run" in second.stdout
     assert "[data] using" in second.stdout
-    assert len(pd.read_parquet(tmp / "store" / "results")) == 64
+    assert len(pd.read_parquet(tmp / "store" / "results")) == 68
     assert len(pd.read_parquet(tmp / "store" / "train_metrics")) == 4
     assert pd.read_parquet(tmp / "store" / "models")["created_at"].tolist() == models["created_at"].tolist()
 
@@ -95,11 +100,11 @@ def test_report_has_every_figure(smoke):
     assert names == {"inversion_image", "inversion_noise", "fig4_sweep", "fig7_visualize_digits_robust",
                      "fig7_visualize_digits_standard", "fig11_manipulate", "fig12_interpolate",
                      "fig8_top_digits_robust", "fig8_top_digits_standard", "sec2_pairs_digits_standard",
-                     "fig10_regularized"}
+                     "fig10_regularized", "ood_inversion_glyphs_noise"}
     assert all(Path(p).stat().st_size > 200 for p in report.figures)
     assert set(report.missing) <= {"tune_trials"}
     page = (tmp / "report" / "report.html").read_text()
-    assert page.count("<img") == 11 and "Table 4/5" in page and "digits_robust" in page
+    assert page.count("<img") == 12 and "Table 4/5" in page and "digits_robust" in page
 
 
 def test_report_on_an_empty_store_says_what_is_missing(tmp_path):
@@ -155,7 +160,7 @@ def test_from_tune_settings_reach_every_inversion_row(smoke):
     new = results[results["run_id"] == results.sort_values("created_at")["run_id"].iloc[-1]]
     assert set(new["kind"]) == {"invert", "invert_sweep", "pairs", "interpolate"}  # the tunable kinds
     assert (abs(new["step_size"] - 0.0371) < 1e-6).all() and (new["steps"] == 7).all()
-    assert len(new) == 24 + 4 + 2 + 6
+    assert len(new) == 24 + 4 + 4 + 2 + 6  # invert, its glyphs targets, invert_sweep, pairs, interpolate
 
 
 def test_unknown_config_key_exits_nonzero_with_message(tmp_path):

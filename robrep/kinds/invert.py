@@ -8,6 +8,7 @@ from typing import Literal
 
 from robrep.kinds.base import ExpandContext, JobKind, PGDBlockSpec
 from robrep.kinds.common import run_towards_targets
+from robrep.names import check_name
 from robrep.selection import other_class_source
 
 
@@ -15,6 +16,14 @@ from robrep.selection import other_class_source
 class InvertSpec(PGDBlockSpec):
     kind: Literal["invert"] = "invert"
     inits: tuple[Literal["noise", "gray", "image"], ...] = ("noise", "image")
+    # Out-of-distribution inversion (Fig. 6, right): the targets (and image starts) come from <data.dir>/<name>.beton
+    # instead of the fan-out's split; its classes need not be the model's. "glyphs" (shapes and letters) is built in.
+    targets_from: str | None = None
+
+    def validate(self) -> None:
+        super().validate()
+        if self.targets_from is not None:
+            check_name(self.targets_from, "fanout.jobs invert.targets_from")
 
 
 def slot_seed(fanout_seed: int, index: int) -> int:
@@ -36,6 +45,10 @@ def report(report, rows, lookup: dict) -> None:
                           "add a {kind: invert} block to fanout.jobs"):
         return
     models = sorted(rows["model_id"].unique())
+    main = main_dataset(rows)
+    for dataset, outside in rows[rows["dataset"] != main].groupby("dataset"):
+        report_outside(report, outside, lookup, models, dataset)
+    rows = rows[rows["dataset"] == main]
     for init, caption in (("image", "Fig. 3: from a test image of another class"), ("noise", "Fig. 6: from noise")):
         part = rows[rows["init"] == init]
         targets = sorted(part["target_index"].unique())[:MAX_ROWS]
@@ -46,11 +59,32 @@ def report(report, rows, lookup: dict) -> None:
         for t in targets:
             by_model = part[part["target_index"] == t].set_index("model_id")
             split, source = by_model["split"].iloc[0], int(by_model["source_index"].iloc[0])
-            row = [lookup.get((split, int(t))), lookup.get((split, source)) if source >= 0 else None]
+            row = [lookup.get((main, split, int(t))), lookup.get((main, split, source)) if source >= 0 else None]
             row += [by_model.loc[m, "image_png"] if m in by_model.index else None for m in models]
             cells.append(row)
             labels.append(f"t={t}")
         report.grid(f"inversion_{init}", cells, labels, ["target", "source", *models], caption)
+
+
+def main_dataset(rows) -> str:
+    """The dataset most rows come from: the models' own; the others are targets_from (out of distribution)."""
+    return rows["dataset"].value_counts().index[0]
+
+
+def report_outside(report, rows, lookup: dict, models: list[str], dataset: str) -> None:
+    """Fig. 6 (right): inversions of images from outside the models' training distribution, per start."""
+    from robrep.report import MAX_ROWS
+
+    for init, part in rows.groupby("init"):
+        cells, labels = [], []
+        for t in sorted(part["target_index"].unique())[:MAX_ROWS]:
+            by_model = part[part["target_index"] == t].set_index("model_id")
+            split = by_model["split"].iloc[0]
+            cells.append([lookup.get((dataset, split, int(t))),
+                          *(by_model.loc[m, "image_png"] if m in by_model.index else None for m in models)])
+            labels.append(f"t={t}")
+        report.grid(f"ood_inversion_{dataset}_{init}", cells, labels, ["target", *models],
+                    f"Fig. 6 (right): inverting images from outside the training distribution ({dataset}), from {init}")
 
 
 KIND = JobKind("invert", InvertSpec, expand, run_towards_targets, report=report, tunable=True)

@@ -36,7 +36,7 @@ def report(report, rows, lookup: dict) -> None:
     for pair in pairs.itertuples():
         same = rows[(rows["source_index"] == pair.source_index) & (rows["coordinate"] == pair.coordinate)]
         by_model = same.set_index("model_id")
-        cells.append([lookup.get((same["split"].iloc[0], int(pair.source_index))),
+        cells.append([lookup.get((same["dataset"].iloc[0], same["split"].iloc[0], int(pair.source_index))),
                       *(by_model.loc[m, "image_png"] if m in by_model.index else None for m in models)])
         steps = ", ".join(f"{m}: {int(by_model.loc[m, 'steps_taken'])}" for m in models if m in by_model.index)
         labels.append(f"#{pair.coordinate}")

@@ -31,7 +31,8 @@ def report(report, rows, lookup: dict) -> None:
         return
     for model_id, part in rows.groupby("model_id"):
         part = part.sort_values("target_index").head(MAX_ROWS)
-        cells = [[lookup.get((r.split, int(r.target_index))), lookup.get((r.split, int(r.source_index))), r.image_png]
+        cells = [[lookup.get((r.dataset, r.split, int(r.target_index))),
+                  lookup.get((r.dataset, r.split, int(r.source_index))), r.image_png]
                  for r in part.itertuples()]
         labels = [f"{r.rep_dist_rel:.2f}" for r in part.itertuples()]
         report.grid(f"sec2_pairs_{model_id}", cells, labels, ["target", "source", "result"],

@@ -50,7 +50,8 @@ def report(report, rows, lookup: dict) -> None:
         for start in starts.itertuples():
             same = part[(part["init"] == start.init) & (part["source_index"] == start.source_index)]
             by_coord = dict(zip(same["coordinate"], same["image_png"], strict=True))
-            seed = lookup.get((same["split"].iloc[0], int(start.source_index))) if start.source_index >= 0 else None
+            seed = (lookup.get((same["dataset"].iloc[0], same["split"].iloc[0], int(start.source_index)))
+                    if start.source_index >= 0 else None)
             cells.append([seed, *(by_coord.get(c) for c in coords)])
             labels.append(start.init)
         report.grid(f"fig7_visualize_{model_id}", cells, labels, ["start", *[f"#{c}" for c in coords]],
