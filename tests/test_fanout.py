@@ -72,10 +72,14 @@ def test_expansion_is_deterministic_and_covers_every_kind(trained, tmp_path):
     config = config_for(trained, seed_store(trained, tmp_path))
     first, second = plan_of(config), plan_of(config)
     assert [j.job_id for j in first] == [j.job_id for j in second]
-    assert len({j.job_id for j in first}) == len(first) == 52
+    assert len({j.job_id for j in first}) == len(first) == 58
     kinds = {j.kind for j in first}
-    assert kinds == {"invert", "invert_sweep", "pairs", "visualize", "manipulate", "interpolate", "top_activating",
-                     "representations"}  # one representations job per model feeds top_activating
+    assert kinds == {"invert", "invert_sweep", "pairs", "visualize", "regularized_visualize", "manipulate",
+                     "interpolate", "top_activating", "representations"}  # representations feeds top_activating
+    judged_by = {j.model_id: j.judge_model_id for j in first}
+    assert judged_by == {"digits_standard": "digits_robust", "digits_robust": "digits_standard"}
+    outside = [j for j in first if j.dataset == "glyphs"]
+    assert len(outside) == 4 and {j.dataset_path.rsplit("/", 1)[-1] for j in outside} == {"glyphs.beton"}
     assert {j.model_id for j in first if j.kind == "pairs"} == {"digits_standard"}
     lams = sorted(j.lam for j in first if j.kind == "interpolate" and j.model_id == "digits_robust")
     assert lams == [0.0, 0.5, 1.0]
