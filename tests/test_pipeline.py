@@ -206,7 +206,7 @@ def test_every_result_image_is_judged_by_the_other_model(trained_pair):
     models = read_table(tmp / "store", "models").set_index("model_id")
     for judge_id, rows in results.groupby("judge_model_id"):
         judge, _ = load_checkpoint(models.loc[judge_id, "checkpoint"])
-        images = torch.stack([torch.from_numpy(decode_png(b)).permute(2, 0, 1) for b in rows["image_png"]]) / 255
+        images = torch.stack([torch.from_numpy(decode_png(b).copy()).permute(2, 0, 1) for b in rows["image_png"]]) / 255
         with torch.no_grad():
             assert judge(images).argmax(1).tolist() == rows["judge_pred"].tolist()
     assert (results["judge_pred"] != results["pred_class"]).any(), "the judge is another classifier"
