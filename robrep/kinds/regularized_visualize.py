@@ -72,8 +72,9 @@ def report(report, rows, lookup: dict, direct=None) -> None:
             row.append(same["image_png"].iloc[0] if len(same) else None)
         cells.append(row)
         labels.append(f"{key.init} #{key.coordinate}")
-    report.grid("fig10_regularized", cells, labels, [f"{m} {how}" for m, how, _ in columns],
-                "Fig. 10: the same coordinates maximised directly and with jitter and rotation (regularized)")
+    order = ", ".join(f"{m} {how}" for m, how, _ in columns)
+    report.grid("fig10_regularized", cells, labels, [how for _, how, _ in columns],
+                f"Fig. 10: the same coordinates maximised directly and with jitter and rotation; columns: {order}")
 
 
 KIND = JobKind("regularized_visualize", RegularizedVisualizeSpec, expand, run, report=report)
