@@ -9,6 +9,9 @@ A rerun skips committed jobs; a failing job goes to the `failures` table and the
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import io
 import time
 import uuid
 
@@ -35,8 +38,12 @@ def plan(config: ExperimentConfig) -> list[Job]:
     judge = config.fanout.judge
     judge = None if judge in (None, "none") else models.get(judge) or resolve_model(config.store_root, judge,
                                                                                      split.num_classes)
+    names = sorted({b.targets_from for b in config.fanout.jobs if getattr(b, "targets_from", None)})
+    rest = tuple(b for b in config.fanout.jobs if not getattr(b, "targets_from", None))
+    if names and rest:  # every other error before a targets .beton is built
+        plan_jobs(dataclasses.replace(config.fanout, jobs=rest), models, split, labels, judge)
     targets = {}
-    for name in sorted({b.targets_from for b in config.fanout.jobs if getattr(b, "targets_from", None)}):
+    for name in names:
         build_targets(config, name)
         targets[name] = split_ref(config, name, name)
         if targets[name][0].image_shape != split.image_shape:
@@ -77,7 +84,8 @@ def build_targets(config: ExperimentConfig, name: str) -> None:
     elif data.path(name).is_file():
         return
     if not data.path(name).is_file():
-        write_beton(data.path(name), glyphs(data.resolution), info={"split": name})
+        with contextlib.redirect_stderr(io.StringIO()):  # FFCV's progress bar: a bad config's error stays one line
+            write_beton(data.path(name), glyphs(data.resolution), info={"split": name})
         print(f"[data] wrote {data.path(name)}: shapes and letters at {data.resolution}px", flush=True)
     if data.stage_from:
         upload(data.path(name), data.stage_source(name))

@@ -140,7 +140,7 @@ def _judge(rows: pd.DataFrame) -> str | None:
 def in_distribution(results: pd.DataFrame) -> pd.DataFrame:
     """The rows of the dataset most rows come from (the models' own): out-of-distribution targets (invert's
     targets_from) have classes the models and the judge do not know."""
-    if results.empty:
+    if results.empty or "dataset" not in results.columns:  # rows built in memory may lack it: one dataset
         return results
     return results[results["dataset"] == results["dataset"].value_counts().index[0]]
 

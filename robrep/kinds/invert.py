@@ -39,16 +39,18 @@ def expand(block: InvertSpec, ctx: ExpandContext) -> list[dict]:
 
 
 def report(report, rows, lookup: dict) -> None:
-    from robrep.report import MAX_ROWS
+    from robrep.report import MAX_ROWS, in_distribution
 
     if not report.section("Inversion: robust vs standard (Fig. 3 and 6)", rows, "invert rows",
                           "add a {kind: invert} block to fanout.jobs"):
         return
     models = sorted(rows["model_id"].unique())
-    main = main_dataset(rows)
-    for dataset, outside in rows[rows["dataset"] != main].groupby("dataset"):
-        report_outside(report, outside, lookup, models, dataset)
-    rows = rows[rows["dataset"] == main]
+    inside = in_distribution(rows)  # the models' own dataset; the rest came from targets_from
+    main = inside["dataset"].iloc[0] if "dataset" in inside.columns else None
+    if main is not None:
+        for dataset, outside in rows[rows["dataset"] != main].groupby("dataset"):
+            report_outside(report, outside, lookup, models, dataset)
+    rows = inside
     for init, caption in (("image", "Fig. 3: from a test image of another class"), ("noise", "Fig. 6: from noise")):
         part = rows[rows["init"] == init]
         targets = sorted(part["target_index"].unique())[:MAX_ROWS]
@@ -64,11 +66,6 @@ def report(report, rows, lookup: dict) -> None:
             cells.append(row)
             labels.append(f"t={t}")
         report.grid(f"inversion_{init}", cells, labels, ["target", "source", *models], caption)
-
-
-def main_dataset(rows) -> str:
-    """The dataset most rows come from: the models' own; the others are targets_from (out of distribution)."""
-    return rows["dataset"].value_counts().index[0]
 
 
 def report_outside(report, rows, lookup: dict, models: list[str], dataset: str) -> None:
