@@ -27,11 +27,20 @@ from ray.train.torch import TorchTrainer, get_device, prepare_model
 from cluster.storage import storage_options
 from datasets.beton import make_loader, read_info
 from datasets.stage import stage
+from robrep.augment import SEEDED, augment, epoch_generator
 from robrep.location import join, write_bytes
 from robrep.models import create_model
 from robrep.store.commit import append_rows
 from robrep.store.schema import TRAIN_METRICS_SCHEMA, now_utc, to_table
-from robrep.train import AttackSpec, ModelSpec, count_correct, train_step
+from robrep.train import (
+    AttackSpec,
+    ModelSpec,
+    count_correct,
+    make_optimizer,
+    make_scheduler,
+    step_per_batch,
+    train_step,
+)
 
 STATE_FILE = "state.pt"
 
@@ -54,15 +63,6 @@ class TrainRun:
     @property
     def threads(self) -> int:
         return max(1, int(self.spec.cpus_per_worker))
-
-
-def make_scheduler(optimizer, milestones, gamma: float, warmup_epochs: int):
-    """Step schedule (x gamma at each milestone epoch), after an optional linear warmup from lr/10."""
-    step = torch.optim.lr_scheduler.MultiStepLR(optimizer, [m - warmup_epochs for m in milestones], gamma)
-    if warmup_epochs == 0:
-        return step
-    warmup = torch.optim.lr_scheduler.LinearLR(optimizer, start_factor=0.1, total_iters=warmup_epochs)
-    return torch.optim.lr_scheduler.SequentialLR(optimizer, [warmup, step], milestones=[warmup_epochs])
 
 
 def _restore(model, optimizer, scheduler) -> int:
@@ -153,14 +153,17 @@ def train_loop_per_worker(run: TrainRun) -> None:
     # compile: one graph for the DDP training step and one for the attack (the unwrapped module, eval mode, frozen)
     step_model = torch.compile(ddp_model) if spec.compile else ddp_model
     attack_model = torch.compile(model) if spec.compile else model
-    optimizer = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum,
-                                weight_decay=spec.weight_decay)
-    scheduler = make_scheduler(optimizer, spec.lr_milestones, spec.lr_gamma, spec.warmup_epochs)
-    start_epoch = _restore(model, optimizer, scheduler)
     train_path, test_path = stage(run.train_path, run.train_source), stage(run.test_path, run.test_source)
+    # Translation and flips are drawn here from a seeded generator (robrep/augment.py), not by FFCV's unseeded ones.
+    augment_kind = spec.augment or read_info(train_path).get("augment", "none")
+    seeded = augment_kind in SEEDED
     # Built after Ray set up the process group, so distributed=True gives each rank a disjoint shard.
     loader = make_loader(train_path, spec.batch_size // world, train=True, distributed=world > 1,
-                         rng_seed=spec.rng_seed, augment=spec.augment, padding=spec.padding)
+                         rng_seed=spec.rng_seed, augment="none" if seeded else augment_kind, padding=spec.padding)
+    steps_per_epoch = len(loader)
+    optimizer = make_optimizer(spec, model.parameters())
+    scheduler = make_scheduler(optimizer, spec, steps_per_epoch)
+    start_epoch = _restore(model, optimizer, scheduler)
     shard = test_shard(read_info(test_path)["num_images"], rank, world)
     test_loader = (make_loader(test_path, max(1, spec.batch_size // world), train=False, indices=shard)
                    if shard else None)  # more workers than test images: some evaluate none
@@ -169,17 +172,24 @@ def train_loop_per_worker(run: TrainRun) -> None:
         model.train()
         start, seen, batches, labels = time.time(), 0, 0, []
         correct, loss_sum = torch.zeros((), device=device), torch.zeros((), device=device)  # summed on the device
-        for x, y in loader:
+        generator = epoch_generator(spec.rng_seed, epoch, rank)
+        for i, (x, y) in enumerate(loader):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss, hits = train_step(step_model, optimizer, x, y, spec.attack, attack_model=attack_model,
+            if seeded:
+                x = augment(x, augment_kind, spec.padding, generator)
+            attack = spec.attack_at(epoch * steps_per_epoch + i, spec.epochs * steps_per_epoch)
+            loss, hits = train_step(step_model, optimizer, x, y, attack, attack_model=attack_model,
                                     label_smoothing=spec.label_smoothing, precision=spec.precision)
+            if step_per_batch(spec):
+                scheduler.step()
             seen, batches, correct, loss_sum = seen + len(y), batches + 1, correct + hits, loss_sum + loss
             if run.audit_dir:
                 labels.append(y.cpu().clone())
         correct, loss_sum = int(correct), float(loss_sum)
         _sync_buffers(model)
         lr = optimizer.param_groups[0]["lr"]
-        scheduler.step()
+        if not step_per_batch(spec):
+            scheduler.step()
         train_seconds = time.time() - start
         seen_all, correct_all, loss_all = _all_reduce([seen, correct, loss_sum / max(batches, 1)], device)
         last = epoch + 1 == spec.epochs  # the last epoch is evaluated on the whole test set

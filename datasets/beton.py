@@ -91,6 +91,7 @@ def write_beton(
             "counts_per_class": np.bincount(source.labels, minlength=len(source.label_names)).tolist(),
             "mean": list(source.mean),
             "std": list(source.std),
+            "channels": getattr(source, "channels", 3),
             "resolution": int(resolution),
             "write_mode": write_mode,
             "max_resolution": max_resolution,
@@ -150,7 +151,19 @@ def _check_header(path: Path, num_images: int) -> None:
                         "python -m jobs.build_dataset")
 
 
-def _image_pipeline(train: bool, augment: str, resolution: int, padding: int) -> list:
+class FirstChannel(torch.nn.Module):
+    """(B, 3, H, W) -> (B, 1, H, W): a grey dataset's one channel (FFCV stores RGB; its three channels are equal)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x[:, :1].contiguous(memory_format=torch.channels_last)
+
+
+def channels(info: dict) -> int:
+    """How many channels the dataset's loaders give and its models take (1: grey; sidecars before it: 3)."""
+    return int(info.get("channels", 3))
+
+
+def _image_pipeline(train: bool, augment: str, resolution: int, padding: int, grey: bool) -> list:
     if augment == "rrc_flip":
         decoder = RandomResizedCropRGBImageDecoder((resolution, resolution)) if train else (
             CenterCropRGBImageDecoder((resolution, resolution), ratio=224 / 256))
@@ -165,6 +178,7 @@ def _image_pipeline(train: bool, augment: str, resolution: int, padding: int) ->
         NormalizeImage(np.zeros(3), np.full(3, 255.0), np.float32),  # uint8 -> [0,1] float32
         ToTensor(),
         ToTorchImage(channels_last=True),
+        *([FirstChannel()] if grey else []),
     ]
 
 
@@ -181,7 +195,7 @@ def make_loader(
     padding: int = 4,
     indices: list[int] | None = None,
 ) -> Loader:
-    """An FFCV Loader of ([0,1] float (B,3,R,R) channels_last, int64 labels (B,)).
+    """An FFCV Loader of ([0,1] float (B,C,R,R) channels_last, int64 labels (B,)); C = 1 for a grey dataset.
 
     train=True shuffles (RANDOM: QUASI_RANDOM is unavailable when distributed), augments, and drops the
     last partial batch; train=False reads in index order, centre-crops where the augment crops, and
@@ -204,7 +218,7 @@ def make_loader(
         seed=rng_seed,
         indices=indices,
         pipelines={
-            "image": _image_pipeline(train, augment, resolution, padding),
+            "image": _image_pipeline(train, augment, resolution, padding, channels(info) == 1),
             "label": [IntDecoder(), ToTensor(), Squeeze(1)],
         },
     )
@@ -214,7 +228,7 @@ def make_loader(
 
 def read_indices(path: str | Path, indices, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """Images by index, deterministically (val pipeline: no augmentation), in the order asked for:
-    ((len(indices), 3, R, R) float in [0,1], (len(indices),) int64). For fan-out workers."""
+    ((len(indices), C, R, R) float in [0,1], (len(indices),) int64). For fan-out workers."""
     indices = [int(i) for i in indices]
     size = read_info(path)["num_images"]
     bad = [i for i in indices if not 0 <= i < size]
@@ -232,7 +246,7 @@ def read_indices(path: str | Path, indices, batch_size: int = 256) -> tuple[torc
 
 
 def read_all(path: str | Path, batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every image in index order (val pipeline): ((N,3,R,R) float in [0,1], (N,) int64)."""
+    """Every image in index order (val pipeline): ((N,C,R,R) float in [0,1], (N,) int64)."""
     return read_indices(path, range(read_info(path)["num_images"]), batch_size)
 
 

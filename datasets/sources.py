@@ -43,8 +43,9 @@ class Source:
     images: np.ndarray | None = None  # (N, H, W, 3) uint8, for in-memory sources
     files: list[Path] | None = None  # for folder sources
     skipped: list[dict] = field(default_factory=list)  # {"path", "reason"}
-    mean: list[float] | None = None
+    mean: list[float] | None = None  # per channel the model sees (`channels` of them)
     std: list[float] | None = None
+    channels: int = 3  # 1: a grey source; its loaders give (B, 1, H, W) and its models take one channel
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -269,7 +270,7 @@ def glyphs(resolution: int, per_class: int = 4, rng_seed: int = 0) -> Source:
             small = np.asarray(canvas.resize((resolution, resolution), Image.BILINEAR, reducing_gap=2.0))
             images.append(np.repeat(small[..., None], 3, axis=2))
             labels.append(label)
-    return _array_source(f"glyphs@{resolution}", np.stack(images), np.asarray(labels), list(GLYPHS))
+    return _array_source(f"glyphs@{resolution}", np.stack(images), np.asarray(labels), list(GLYPHS), channels=1)
 
 
 def digits(resolution: int, split: str, test_fraction: float = 0.2, rng_seed: int = 0) -> Source:
@@ -279,10 +280,12 @@ def digits(resolution: int, split: str, test_fraction: float = 0.2, rng_seed: in
     images, labels = load_digits_rgb(resolution)
     train, test = split_indices(labels, test_fraction, rng_seed)
     idx = train if split == "train" else test
-    return _array_source(f"digits:{split}", images[idx], labels[idx], LABEL_NAMES)
+    return _array_source(f"digits:{split}", images[idx], labels[idx], LABEL_NAMES, channels=1)
 
 
-def _array_source(name: str, images: np.ndarray, labels: np.ndarray, label_names: list[str]) -> Source:
-    pixels = images.reshape(-1, 3).astype(np.float64) / 255.0
+def _array_source(name: str, images: np.ndarray, labels: np.ndarray, label_names: list[str], channels: int = 3
+                  ) -> Source:
+    """channels=1: a grey source (its three stored channels are equal); its models see one channel."""
+    pixels = images[..., :channels].reshape(-1, channels).astype(np.float64) / 255.0
     return Source(name, label_names, labels.astype(np.int64), images=images, mean=pixels.mean(0).tolist(),
-                  std=np.maximum(pixels.std(0), 1e-3).tolist())
+                  std=np.maximum(pixels.std(0), 1e-3).tolist(), channels=channels)

@@ -7,6 +7,7 @@ robrep/plan.py, each job kind's block in robrep/kinds/; the entry points' own se
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,4 +298,17 @@ def load_config(path: str | Path | None, overrides: list[str] = (), from_tune: s
         set_value(data, dotted, value)
     if from_tune:
         data = apply_tuned(data, from_tune)
-    return from_dict(ExperimentConfig, data)
+    return at_resolution(from_dict(ExperimentConfig, data))
+
+
+def at_resolution(config: ExperimentConfig) -> ExperimentConfig:
+    """The train specs at data.resolution (ModelSpec.at): attacks with `at_resolution` scaled, so a preset tuned at
+    16 px keeps its meaning at 24 px, and small_cnn's depth 0 set. Only built-in sources have a data.resolution that
+    is the images' size."""
+    unresolved = [s for s in config.train if not s.resolved]
+    if not unresolved:
+        return config
+    if config.data.source == "files":
+        raise ConfigError(f"train {unresolved[0].model_id}: attack at_resolution and depth 0 follow data.resolution, "
+                          "which data.source files does not set; give eps and depth for your images")
+    return dataclasses.replace(config, train=tuple(s.at(config.data.resolution) for s in config.train))

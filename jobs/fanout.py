@@ -19,7 +19,7 @@ from jobs.common import git_sha, run_entry_point
 from jobs.config import ExperimentConfig
 from robrep.config import to_plain
 from robrep.errors import ConfigError, DataError
-from robrep.kinds import get_kind
+from robrep.kinds import get_kind, run_settings
 from robrep.kinds.base import Job
 from robrep.location import redact, redact_all
 from robrep.plan import SplitRef, pack, plan_jobs, resolve_model
@@ -55,11 +55,12 @@ def plan(config: ExperimentConfig) -> list[Job]:
 
 def split_ref(config: ExperimentConfig, name: str, dataset: str):
     """(SplitRef, labels) of <data.dir>/<name>.beton, staged to this node from data.stage_from where set."""
-    from datasets.beton import fingerprint, read_info, read_labels
+    from datasets.beton import channels, fingerprint, read_info, read_labels
 
     path = config.data.local(name)
     info = read_info(path)
-    ref = SplitRef(dataset, name, str(path), (3, info["resolution"], info["resolution"]), info["num_classes"],
+    ref = SplitRef(dataset, name, str(path), (channels(info), info["resolution"], info["resolution"]),
+                   info["num_classes"],
                    fingerprint(path, info), config.data.stage_source(name))
     return ref, read_labels(path)
 
@@ -161,7 +162,8 @@ def _run(config: ExperimentConfig, jobs: list[Job], run_id: str) -> dict:
               f"{failures[0]['error'][:300]})", flush=True)
     manifest = {"run_id": run_id, "git_sha": sha, "jobs": len(jobs), "skipped": len(jobs) - len(todo),
                 "ran": len(todo) - len(failures), "failed": len(failures), "seconds": time.time() - start,
-                "finished_at": now_utc().isoformat(), "config": redact_all(to_plain(config))}
+                "finished_at": now_utc().isoformat(), "config": redact_all(to_plain(config)),
+                "settings": run_settings(jobs)}
     write_manifest(root, run_id, manifest)
     return manifest
 

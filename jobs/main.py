@@ -18,7 +18,7 @@ from jobs.config import ExperimentConfig
 from jobs.fanout import run_fanout
 from jobs.train import train_all
 from robrep.location import redact
-from robrep.report import build_report, judged_table, summary_table
+from robrep.report import build_report, current_results, judged_table, summary_table
 from robrep.store import read_table
 
 
@@ -33,11 +33,12 @@ def main(config: ExperimentConfig) -> None:
         print("[main] no fanout section: done after training", flush=True)
         return
     run_fanout(config)
-    table = summary_table(read_table(config.store_root, "models"), read_table(config.store_root, "results"))
+    results = current_results(config.store_root)
+    table = summary_table(read_table(config.store_root, "models"), results)
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
         print(f"\n== summary (store: {redact(config.store_root)}) ==")
         print(table.to_string(index=False))
-        judged = judged_table(read_table(config.store_root, "results"))
+        judged = judged_table(results)
         if not judged.empty:  # fanout.judge: another classifier's label of every result image
             print(judged.to_string(index=False))
     report = build_report(config.store_root, config.report_root)

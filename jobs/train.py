@@ -13,6 +13,8 @@ import sys
 import threading
 import time
 
+import torch
+
 from jobs.common import git_sha, run_entry_point
 from jobs.config import ExperimentConfig
 from robrep.checkpoint import model_digest, read_meta, save_checkpoint
@@ -100,6 +102,12 @@ def train_one(config: ExperimentConfig, spec: ModelSpec) -> dict:
                    str(data.path("train")), str(data.path("test")), config.store_root,
                    audit_dir(config, spec.model_id) if spec.audit else None,
                    data.stage_source("train"), data.stage_source("test"))
+    with torch.device("meta"):
+        shape = create_model(spec.arch, info["num_classes"], info["mean"], info["std"], **spec.arch_kwargs)
+    attack = (f"L2 eps {spec.attack.eps:g}, {spec.attack.steps} steps of {spec.attack.step_size:g}"
+              if spec.attack else "standard")
+    print(f"[train] {spec.model_id}: {spec.arch} {spec.arch_kwargs or ''} on {len(info['mean'])}-channel "
+          f"{info['resolution']} px images, R(x) {shape.representation_dim}-d; {attack}", flush=True)
     start = time.time()
     with EpochProgress(config.store_root, spec):
         state = fit(run, storage_path=join(config.storage_root, "ray_train"))

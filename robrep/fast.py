@@ -110,13 +110,14 @@ class FullPrecision(nn.Module):
 
 
 def _stem_in_fp32(model: nn.Module) -> None:
-    """Wrap the convolution that sees the pixels (the first one on 3 channels) in FullPrecision."""
+    """Wrap the convolution that sees the pixels (the first one on the model's input channels) in FullPrecision."""
+    channels = model.normalize.mean.shape[1]
     for module in model.modules():
         for name, child in module.named_children():
-            if isinstance(child, nn.Conv2d) and child.in_channels == 3:
+            if isinstance(child, nn.Conv2d) and child.in_channels == channels:
                 setattr(module, name, FullPrecision(child))
                 return
-    raise ValueError(f"{type(model).__name__} has no convolution on 3 channels to keep in fp32")
+    raise ValueError(f"{type(model).__name__} has no convolution on {channels} channels to keep in fp32")
 
 
 class FastModel(nn.Module):

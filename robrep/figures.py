@@ -15,15 +15,18 @@ COLOURS = [(200, 30, 30), (30, 90, 200), (30, 150, 60), (150, 60, 160), (220, 14
 
 
 def encode_png(image: torch.Tensor) -> bytes:
-    """(3, H, W) float in [0,1] -> 8-bit RGB PNG bytes."""
+    """(3, H, W) or (1, H, W) float in [0,1] -> 8-bit RGB or grey PNG bytes."""
     array = (image.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
     buffer = io.BytesIO()
-    Image.fromarray(array, mode="RGB").save(buffer, format="PNG")
+    if array.shape[2] == 1:
+        Image.fromarray(array[..., 0], mode="L").save(buffer, format="PNG")
+    else:
+        Image.fromarray(array, mode="RGB").save(buffer, format="PNG")
     return buffer.getvalue()
 
 
 def decode_png(data: bytes) -> np.ndarray:
-    """PNG bytes -> (H, W, 3) uint8."""
+    """PNG bytes (RGB or grey) -> (H, W, 3) uint8."""
     return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 

@@ -49,31 +49,45 @@ def _conv_bn(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out))
 
 
-class SmallCNN(nn.Module):
-    """Three conv-BN blocks and global average pooling; sized for CPU minutes on 16-32 px images.
+def small_cnn_channels(width: int, depth: int) -> list[int]:
+    """The channels of small_cnn's stages: `width`, doubled at each of the first two downsamplings, then kept."""
+    return [width * 2 ** min(i, 2) for i in range(depth)]
 
-    R(x) is the pooled output of the last ReLU, width `4 * width`, as for a ResNet's avgpool.
+
+class SmallCNN(nn.Module):
+    """`depth` conv-BN-ReLU stages (strides 1, 2, 2, ...; channels from small_cnn_channels) and an average pool to a
+    `pool` x `pool` grid; sized for CPU minutes on 16-32 px images. Takes as many channels as `mean` has (1 for a
+    grey dataset).
+
+    R(x) is the pooled output of the last ReLU, flattened: C * pool**2 values. pool=1 is global average pooling, as
+    a ResNet's avgpool; pool=2 keeps where in the image a feature fired (left/right, top/bottom), which a global
+    average loses and an inversion then cannot recover (the demo's choice: see digits.yaml).
     """
 
-    def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float], width: int = 32):
+    def __init__(self, num_classes: int, mean: Sequence[float], std: Sequence[float], width: int = 32,
+                 depth: int = 3, pool: int = 1):
         super().__init__()
+        if not (1 <= depth <= 8 and 1 <= width <= 4096 and 1 <= pool <= 16):
+            raise ConfigError(f"small_cnn: width={width}, depth={depth}, pool={pool}: need width in [1, 4096], "
+                              "depth in [1, 8], pool in [1, 16]")
         self.normalize = Normalize(mean, std)
-        self.block1 = _conv_bn(3, width, 1)
-        self.block2 = _conv_bn(width, 2 * width, 2)
-        self.block3 = _conv_bn(2 * width, 4 * width, 2)
-        self.fc = nn.Linear(4 * width, num_classes)
-        self.representation_dim = 4 * width
+        self.in_channels, self.pool = len(mean), pool
+        channels = small_cnn_channels(width, depth)
+        self.stages = nn.ModuleList(_conv_bn(c_in, c_out, 1 if i == 0 else 2) for i, (c_in, c_out) in
+                                    enumerate(zip([self.in_channels, *channels[:-1]], channels, strict=True)))
+        self.representation_dim = channels[-1] * pool * pool
+        self.fc = nn.Linear(self.representation_dim, num_classes)
 
     def representation(self, x: torch.Tensor, fake_relu: bool = False) -> torch.Tensor:
-        """x: (B, 3, H, W) in [0,1] -> R(x): (B, D). `fake_relu` swaps the last ReLU's backward."""
-        h = torch.relu(self.block1(self.normalize(x)))
-        h = torch.relu(self.block2(h))
-        h = self.block3(h)
-        h = _FakeReLU.apply(h) if fake_relu else torch.relu(h)
-        return h.mean(dim=(2, 3))  # (B, D)
+        """x: (B, C, H, W) in [0,1] -> R(x): (B, D). `fake_relu` swaps the last ReLU's backward."""
+        h = self.normalize(x)
+        for stage in self.stages[:-1]:
+            h = torch.relu(stage(h))
+        h = _activate(self.stages[-1](h), fake_relu)
+        return torch.flatten(F.adaptive_avg_pool2d(h, self.pool), 1)  # (B, D)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x: (B, 3, H, W) in [0,1] -> logits (B, num_classes)."""
+        """x: (B, C, H, W) in [0,1] -> logits (B, num_classes)."""
         return self.fc(self.representation(x))
 
 
@@ -237,4 +251,7 @@ def create_model(name: str, num_classes: int, mean: Sequence[float], std: Sequen
     """Build a registered architecture. Raises ConfigError naming the known ones if `name` is unknown."""
     if name not in _REGISTRY:
         raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
+    if name != "small_cnn" and len(mean) != 3:
+        raise ConfigError(f"model {name!r} takes RGB images, and this dataset has {len(mean)} channel(s): train "
+                          "small_cnn on it, or build the dataset as RGB")
     return _REGISTRY[name](num_classes=num_classes, mean=mean, std=std, **kwargs)

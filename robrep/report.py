@@ -9,13 +9,16 @@ from __future__ import annotations
 import base64
 import html
 import io
+import json
+from collections import Counter
 
 import pandas as pd
 
 from robrep.figures import labelled_grid, line_chart
 from robrep.kinds import KINDS
+from robrep.kinds.base import SETTING, setting_key
 from robrep.location import absolute, join, redact, write_bytes
-from robrep.store import read_table
+from robrep.store import load_results, read_manifests, read_table
 
 MAX_ROWS = 6  # figure rows per model
 
@@ -24,9 +27,12 @@ class Report:
     def __init__(self, out: str):  # a folder at a path or a URI
         self.out, self.parts, self.figures, self.missing = out, [], [], []
         self.path: str | None = None  # report.html, once written
+        self.block = ""  # "_2": the second block of a kind with several settings; its figures' names end so
+        self.cells: dict[str, int] = {}  # per figure, the images (grids) or points (charts) it draws
 
     def heading(self, text: str) -> None:
-        self.parts.append(f"<h2>{html.escape(text)}</h2>")
+        more = f" (block {self.block[1:]})" if self.block else ""
+        self.parts.append(f"<h2>{html.escape(text + more)}</h2>")
 
     def note(self, text: str) -> None:
         self.parts.append(f"<p class='note'>{html.escape(text)}</p>")
@@ -50,13 +56,16 @@ class Report:
 
     def grid(self, name: str, cells: list, row_labels: list[str], col_labels: list[str], caption: str) -> None:
         self.figure(name, labelled_grid(cells, row_labels, col_labels), caption)
+        self.cells[name + self.block] = sum(cell is not None for row in cells for cell in row)
 
     def chart(self, name: str, series: dict, x_label: str, y_label: str, caption: str) -> None:
         self.figure(name, line_chart(series, x_label, y_label), caption)
+        self.cells[name + self.block] = sum(len(points) for points in series.values())
 
     def figure(self, name: str, image, caption: str) -> None:
         buffer = io.BytesIO()
         image.save(buffer, format="PNG")
+        name = f"{name}{self.block}"
         path = write_bytes(join(self.out, f"{name}.png"), buffer.getvalue())
         data = base64.b64encode(buffer.getvalue()).decode()
         self.figures.append(path)
@@ -72,22 +81,48 @@ class Report:
         return self.path
 
 
-SETTING = ("model_digest", "constraint", "eps", "step_size", "steps", "precision")
+def _settings(results: pd.DataFrame) -> pd.Series:
+    """Each row's block setting (robrep.kinds.base.setting_key, its kind's per-job fields left out)."""
+    names = [c for c in SETTING if c in results.columns]
+    return pd.Series([setting_key(dict(zip(names, values, strict=True)), KINDS[kind].varies if kind in KINDS else ())
+                      for kind, values in zip(results["kind"], results[names].itertuples(index=False, name=None),
+                                              strict=True)], index=results.index, dtype=object)
 
 
-def latest_setting(results: pd.DataFrame) -> pd.DataFrame:
-    """Per model and kind, only the rows of the setting (weights, constraint, eps, step size, steps, precision) run
-    last. A store keeps every run (a tuned rerun, another step size, a retrained model, bf16 beside fp32); a figure's
-    cell or a summary number must be one experiment, not a mix."""
+def latest_setting(results: pd.DataFrame, manifests: list[dict] | None = None) -> pd.DataFrame:
+    """Per kind, the rows of the block settings of the last fan-out run that had that kind (its manifest's
+    `settings`, committed in that run or before): a sweep keeps every radius, a second block of a kind with other
+    steps is kept as its own setting, and an older run's other step size, retrained weights or precision are not
+    shown. A store keeps every run. A kind no manifest describes (rows built in memory; stores written before
+    manifests had settings): per model, the setting of its newest row."""
     if results.empty:
         return results
-    keys = [c for c in SETTING if c in results.columns]
-    setting = pd.Series([str(t) for t in results[keys].itertuples(index=False, name=None)], index=results.index)
-    ordered = results.assign(_setting=setting)
-    if "created_at" in ordered.columns:  # rows built in memory may lack it: their order is the order run
-        ordered = ordered.sort_values("created_at", kind="stable")
-    last = ordered.groupby(["model_id", "kind"])["_setting"].transform("last")  # aligned to each row's index
-    return results[setting == last.reindex(setting.index)]
+    setting = _settings(results)
+    keep = pd.Series(False, index=results.index)
+    described = set()
+    for manifest in reversed(manifests or []):
+        for kind, keys in (manifest.get("settings") or {}).items():
+            if kind not in described:
+                described.add(kind)
+                keep |= (results["kind"] == kind) & setting.isin(set(keys))
+    rest = ~results["kind"].isin(described)
+    if rest.any():
+        ordered = results[rest].assign(_setting=setting[rest])
+        if "created_at" in ordered.columns:  # rows built in memory may lack it: their order is the order run
+            ordered = ordered.sort_values("created_at", kind="stable")
+        last = ordered.groupby(["model_id", "kind"])["_setting"].transform("last")
+        keep |= (setting == last.reindex(setting.index)) & rest
+    return results[keep]
+
+
+def blocks(rows: pd.DataFrame) -> list[pd.DataFrame]:
+    """One kind's rows split by block setting (across models: the same block on every model is one figure)."""
+    if rows.empty:
+        return []
+    key = pd.Series([json.dumps([v for name, v in zip(SETTING, json.loads(k), strict=True)
+                                 if name not in ("model_id", "model_digest")]) for k in _settings(rows)],
+                    index=rows.index)
+    return [rows[key == k] for k in sorted(key.unique())]
 
 
 def summary_table(models: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
@@ -97,13 +132,17 @@ def summary_table(models: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
     nearer the target than their source in pixel L2 (the Fig. 3 observation as a number).
     """
     models = models.sort_values("created_at").groupby("model_id").last() if not models.empty else models
-    results = in_distribution(latest_setting(results))
+    results = in_distribution(results)
     rows = []
-    for model_id, group in results[results["kind"] == "invert"].groupby("model_id"):
+    inverted = results[results["kind"] == "invert"]
+    keys = ["model_id", *(c for c in ("steps", "step_size") if c in inverted.columns)]  # one row per block and model
+    for values, group in inverted.groupby(keys):
+        setting = dict(zip(keys, values, strict=True))
+        model_id = setting["model_id"]
         other = group[(group["init"] == "image") & (group["source_class"] != group["target_class"])]
         model = models.loc[model_id] if model_id in models.index else None
         rows.append({
-            "model_id": model_id,
+            **setting,
             "robust": bool(model["robust"]) if model is not None else None,
             "eps": float(model["eps"]) if model is not None else None,
             "clean_acc": float(model["clean_acc"]) if model is not None else None,
@@ -137,21 +176,28 @@ def _judge(rows: pd.DataFrame) -> str | None:
     return ",".join(sorted(judged["judge_model_id"].dropna().unique())) or None if len(judged) else None
 
 
+MODEL_SPLITS = ("train", "test")  # the models' own dataset; an invert block's targets_from is a split of its name
+
+
 def in_distribution(results: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the dataset most rows come from (the models' own): out-of-distribution targets (invert's
-    targets_from) have classes the models and the judge do not know."""
-    if results.empty or "dataset" not in results.columns:  # rows built in memory may lack it: one dataset
+    """The rows on the models' own dataset (its train or test split): out-of-distribution targets (invert's
+    targets_from, whose split is the .beton's name) have classes the models and the judge do not know."""
+    if results.empty or "split" not in results.columns:  # rows built in memory may lack it: one dataset
         return results
-    return results[results["dataset"] == results["dataset"].value_counts().index[0]]
+    return results[results["split"].isin(MODEL_SPLITS)]
 
 
 def judged_table(results: pd.DataFrame) -> pd.DataFrame:
-    """Per model and kind (and start): how often the judge labels a result image as its target's class (the
-    models' own dataset: out-of-distribution targets have no class the judge knows)."""
-    results = in_distribution(latest_setting(results))
+    """Per model, kind and start (and lambda, for interpolations): how often the judge labels a result image as its
+    target's class. Only where that measures something: kinds that aim at a target (JobKind.judged), on the models'
+    own dataset, from noise, gray or an image of another class (a start of the target's own class is there
+    already)."""
+    results = in_distribution(results)
+    judged = _judged(results[results["kind"].map(lambda k: k in KINDS and KINDS[k].judged)])
+    judged = judged[(judged["source_class"] < 0) | (judged["source_class"] != judged["target_class"])]
     rows = []
-    for (model_id, kind, init), group in _judged(results).groupby(["model_id", "kind", "init"], dropna=False):
-        rows.append({"model_id": model_id, "kind": kind, "init": init, "judge_model_id": _judge(group),
+    for (model_id, kind, init, lam), group in judged.groupby(["model_id", "kind", "init", "lam"], dropna=False):
+        rows.append({"model_id": model_id, "kind": kind, "init": init, "lam": lam, "judge_model_id": _judge(group),
                      "judged_as_target": _judged_as_target(group), "rows": len(group)})
     return pd.DataFrame(rows)
 
@@ -196,21 +242,41 @@ def _summary(report: Report, results: pd.DataFrame, models: pd.DataFrame, tune: 
                      .sort_values("metric"))
 
 
+def _data_of(rows: pd.DataFrame) -> tuple:
+    """(dataset, split) of a block's rows: blocks on other data (targets_from) draw figures of other names."""
+    return (rows["dataset"].iloc[0], rows["split"].iloc[0]) if len(rows) and "split" in rows.columns else ()
+
+
+def current_results(store: str, filters: list | None = None) -> pd.DataFrame:
+    """The results rows the report and the summaries show: latest_setting over the store's manifests."""
+    return latest_setting(load_results(store, filters), read_manifests(store))
+
+
 def build_report(store: str, out: str, title: str | None = None) -> Report:
     """Write <out>/report.html and a PNG per figure (out: a folder at a path or a URI); returns the Report
     (figures, missing sections)."""
     report = Report(absolute(out))
-    models, results = read_table(store, "models"), latest_setting(read_table(store, "results"))
+    models = read_table(store, "models")
+    results = current_results(store)
     images = read_table(store, "images")
     lookup = {(row.dataset, row.split, int(row.index)): row.image_png for row in images.itertuples()}
-    report.text("Every figure and the summary show, per model and kind, the setting (weights, constraint, eps, step "
-                "size, steps) run last; the store keeps every run.")
+    report.text("Every figure and the summary show, per kind, the blocks of the last fan-out run that had that kind "
+                "(their weights, constraint, eps, step size, steps and precision); the store keeps every run.")
     _models_table(report, models, read_table(store, "evaluations"))
     for kind in KINDS.values():
-        if kind.name == "regularized_visualize":  # beside direct visualization (Fig. 10)
-            kind.report(report, results[results["kind"] == kind.name], lookup, results[results["kind"] == "visualize"])
-        elif kind.report is not None:
-            kind.report(report, results[results["kind"] == kind.name], lookup)
+        if kind.report is None:
+            continue
+        parts = blocks(results[results["kind"] == kind.name]) or [results.iloc[0:0]]
+        per_data = Counter(_data_of(part) for part in parts)
+        seen = Counter()
+        for part in parts:
+            seen[_data_of(part)] += 1
+            report.block = f"_{seen[_data_of(part)]}" if per_data[_data_of(part)] > 1 else ""
+            if kind.name == "regularized_visualize":  # beside direct visualization (Fig. 10)
+                kind.report(report, part, lookup, results[results["kind"] == "visualize"])
+            else:
+                kind.report(report, part, lookup)
+        report.block = ""
     _summary(report, results, models, read_table(store, "tune_trials"))
     report.write(title or f"robrep report: {redact(store)}")
     return report

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -31,6 +32,9 @@ class AttackSpec:
     constraint: str = "l2"
     random_start: bool = True
     restarts: int = 1  # > 1 keeps, per example, the strongest of several random starts
+    # eps and step_size are given for images of this many pixels a side; a dataset of another data.resolution
+    # scales both by resolution / at_resolution (an L2 norm grows with the square root of the pixel count).
+    at_resolution: int | None = None
 
     def validate(self) -> None:
         if not math.isfinite(self.eps) or self.eps < 0:
@@ -43,6 +47,22 @@ class AttackSpec:
             raise ConfigError(f"attack constraint={self.constraint!r}: use 'l2' or 'linf'")
         if self.restarts < 1 or (self.restarts > 1 and not self.random_start):
             raise ConfigError(f"attack restarts={self.restarts}: must be >= 1, and > 1 needs random_start: true")
+        if self.at_resolution is not None and not 1 <= self.at_resolution <= 4096:
+            raise ConfigError(f"attack at_resolution={self.at_resolution} must be within [1, 4096] (pixels a side)")
+
+    def at(self, resolution: int) -> AttackSpec:
+        """This attack for images of `resolution` px a side: eps and step_size scaled where at_resolution is set."""
+        if self.at_resolution is None or self.constraint != "l2":
+            return self
+        scale = resolution / self.at_resolution
+        return dataclasses.replace(self, eps=round(self.eps * scale, 6), step_size=round(self.step_size * scale, 6),
+                                   at_resolution=None)
+
+    def ramped(self, fraction: float) -> AttackSpec:
+        """The attack at `fraction` (0..1] of its radius and step (adversarial training's eps warm-up)."""
+        if fraction >= 1:
+            return self
+        return dataclasses.replace(self, eps=self.eps * fraction, step_size=self.step_size * fraction)
 
 
 @dataclass(frozen=True)
@@ -52,15 +72,24 @@ class ModelSpec:
 
     model_id: str
     arch: str = "small_cnn"
-    width: int = 32  # small_cnn only
+    width: int = 32  # small_cnn only: channels of its first stage (doubled at each of the first two downsamplings)
+    # small_cnn only: conv-BN-ReLU stages (strides 1, 2, 2, ...). 0: as many as halve the image down to `pool` pixels
+    # a side (16 px, pool 2: 4 stages; 24 px: 5), set from data.resolution when the config is read.
+    depth: int = 3
+    pool: int = 1  # small_cnn only: R(x) is the last stage average-pooled to a pool x pool grid (1: global)
     epochs: int = 15
     batch_size: int = 64  # global, split across workers
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    lr_milestones: tuple[int, ...] = (10,)  # epochs at which lr is multiplied by lr_gamma (paper: 30, 60)
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"  # paper A.3: SGD with momentum
+    lr: float = 0.1  # sgd: the lr; onecycle: the peak lr
+    momentum: float = 0.9  # sgd only
+    weight_decay: float = 5e-4  # sgd and adam: L2 added to the gradient; adamw: decoupled
+    schedule: Literal["step", "onecycle", "cosine"] = "step"  # step: per epoch (milestones); the others per batch
+    lr_milestones: tuple[int, ...] = (10,)  # step: epochs at which lr is multiplied by lr_gamma (paper: 30, 60)
     lr_gamma: float = 0.1
-    warmup_epochs: int = 0  # linear warmup from lr/10 before the step schedule
+    warmup_epochs: int = 0  # step and cosine: linear warmup from lr/10 (onecycle warms up by itself)
+    # Adversarial training: eps and step size ramp up linearly from 0 over this fraction of the training steps
+    # (0: the full attack from the first step, as the paper).
+    attack_warmup: float = 0.0
     label_smoothing: float = 0.0
     augment: Literal["rrc_flip", "crop_flip", "translate", "none"] | None = None  # None: the dataset's default
     padding: int = 4  # pixels, for crop_flip and translate
@@ -83,9 +112,20 @@ class ModelSpec:
         check_name(self.model_id, "train.model_id")
         if self.arch not in list_models():
             raise ConfigError(f"train.model_id={self.model_id}: unknown arch {self.arch!r}; known: {list_models()}")
-        for key in ("epochs", "batch_size", "num_workers", "width"):
+        if self.depth < 0:
+            raise ConfigError(f"train {self.model_id}: depth={self.depth} must be >= 1 (stages), or 0 (as many as "
+                              "halve the image down to pool pixels a side)")
+        for key in ("epochs", "batch_size", "num_workers", "width", "pool"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train {self.model_id}: {key}={getattr(self, key)} must be >= 1")
+        if self.arch != "small_cnn" and (self.width, self.depth, self.pool) != (32, 3, 1):
+            raise ConfigError(f"train {self.model_id}: width, depth and pool are small_cnn settings; arch "
+                              f"{self.arch} has its own")
+        if not 0 <= self.attack_warmup < 1 or (self.attack_warmup and self.attack is None):
+            raise ConfigError(f"train {self.model_id}: attack_warmup={self.attack_warmup} must be within [0, 1) (a "
+                              "fraction of training), and needs an attack")
+        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0) or not 0 <= self.momentum < 1:
+            raise ConfigError(f"train {self.model_id}: need weight_decay >= 0 and 0 <= momentum < 1")
         if self.batch_size < self.num_workers:
             raise ConfigError(f"train {self.model_id}: batch_size {self.batch_size} < num_workers {self.num_workers}")
         if not (math.isfinite(self.lr) and self.lr > 0) or not 0 <= self.label_smoothing < 1 \
@@ -95,7 +135,60 @@ class ModelSpec:
 
     @property
     def arch_kwargs(self) -> dict:
-        return {"width": self.width} if self.arch == "small_cnn" else {}
+        if self.arch != "small_cnn":
+            return {}
+        return {"width": self.width, "depth": self.depth, "pool": self.pool}
+
+    def at(self, resolution: int) -> ModelSpec:
+        """This spec for images of `resolution` px a side: attacks with at_resolution scaled (AttackSpec.at), and
+        depth 0 made the stages that halve the image down to `pool` pixels a side."""
+        depth, side = self.depth, resolution
+        if depth == 0:
+            depth = 1
+            while side > self.pool and depth < 8:  # each stride-2 stage: ceil(side / 2)
+                side, depth = (side + 1) // 2, depth + 1
+        return dataclasses.replace(self, attack=self.attack and self.attack.at(resolution),
+                                   eval_attack=self.eval_attack and self.eval_attack.at(resolution), depth=depth)
+
+    @property
+    def resolved(self) -> bool:
+        """Whether `at` has nothing left to set."""
+        scaled = any(a is not None and a.at_resolution for a in (self.attack, self.eval_attack))
+        return not scaled and self.depth > 0
+
+    def attack_at(self, step: int, total_steps: int) -> AttackSpec | None:
+        """The training attack at global step `step` of `total_steps` (the eps warm-up; None: standard training)."""
+        if self.attack is None or not self.attack_warmup:
+            return self.attack
+        return self.attack.ramped((step + 1) / (self.attack_warmup * total_steps))
+
+
+def make_optimizer(spec: ModelSpec, parameters) -> torch.optim.Optimizer:
+    if spec.optimizer == "sgd":
+        return torch.optim.SGD(parameters, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    optimizer = torch.optim.Adam if spec.optimizer == "adam" else torch.optim.AdamW
+    return optimizer(parameters, lr=spec.lr, weight_decay=spec.weight_decay)
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, spec: ModelSpec, steps_per_epoch: int
+                   ) -> torch.optim.lr_scheduler.LRScheduler:
+    """The spec's lr schedule. `step` is stepped once per epoch (x lr_gamma at each milestone, after an optional
+    linear warmup from lr/10); `onecycle` and `cosine` once per batch (step_per_batch)."""
+    lr = torch.optim.lr_scheduler
+    if spec.schedule == "onecycle":
+        return lr.OneCycleLR(optimizer, max_lr=spec.lr, total_steps=spec.epochs * steps_per_epoch)
+    unit = steps_per_epoch if spec.schedule == "cosine" else 1
+    warmup, total = spec.warmup_epochs * unit, spec.epochs * unit
+    main = (lr.CosineAnnealingLR(optimizer, max(1, total - warmup)) if spec.schedule == "cosine" else
+            lr.MultiStepLR(optimizer, [m - spec.warmup_epochs for m in spec.lr_milestones], spec.lr_gamma))
+    if warmup == 0:
+        return main
+    ramp = lr.LinearLR(optimizer, start_factor=0.1, total_iters=warmup)
+    return lr.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
+
+
+def step_per_batch(spec: ModelSpec) -> bool:
+    return spec.schedule != "step"
 
 
 def adversarial_examples(

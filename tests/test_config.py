@@ -84,8 +84,8 @@ def test_set_reaches_a_model_of_the_train_list_by_its_model_id():
     config = load_config(SMOKE, ["train.digits_robust.epochs=3", "train.digits_robust.attack.steps=5",
                                  "fanout.jobs.invert.steps=11", "fanout.jobs.0.step_size=0.2"])
     epochs = {m.model_id: m.epochs for m in config.train}
-    assert epochs == {"digits_standard": 2, "digits_robust": 3}
-    assert config.train[1].attack.steps == 5 and config.train[1].attack.eps == 2.0  # the rest of the section kept
+    assert epochs == {"digits_standard": 8, "digits_robust": 3}
+    assert config.train[1].attack.steps == 5 and config.train[1].attack.eps == 1.2  # the rest of the section kept
     assert (config.fanout.jobs[0].steps, config.fanout.jobs[0].step_size) == (11, 0.2)
     with pytest.raises(ConfigError, match=r"no entry 'digits_huge'.*digits_standard"):
         load_config(SMOKE, ["train.digits_huge.epochs=3"])

@@ -3,7 +3,7 @@
 import pandas as pd
 import pytest
 import torch
-from conftest import run_module
+from conftest import SMOKE, run_module
 from test_checkpoint import CIFAR_MEAN, CIFAR_STD, robustness_layout
 
 from datasets import sources
@@ -44,14 +44,15 @@ def test_apgd_finds_no_more_than_our_pgd_on_the_trained_robust_model(trained_pai
     (Measured: PGD-20 22.6%, APGD-CE 20.1%, APGD-DLR 14.8%; DLR is a stronger loss, hence "robust" is the
     per-example minimum over all three.)"""
     from datasets.beton import read_all
+    from jobs.config import load_config
     from robrep.checkpoint import load_checkpoint
-    from robrep.train import AttackSpec, evaluate_independently
+    from robrep.train import evaluate_independently
 
     tmp, _ = trained_pair
     models = pd.read_parquet(tmp / "store" / "models").set_index("model_id")
     model, _ = load_checkpoint(models.loc["digits_robust", "checkpoint"])
     x, y = read_all(tmp / "data" / "test.beton")
-    attack = AttackSpec(eps=2.0, steps=20, step_size=0.25, random_start=False)  # the smoke config's eval_attack
+    attack = load_config(SMOKE).train[1].eval_attack  # the smoke config's, as the models table's PGD-20 used
     scores = evaluate_independently(model, [(x[i:i + 120], y[i:i + 120]) for i in range(0, len(y), 120)], attack, 100)
     print(scores)
     assert 0.1 < scores["pgd_acc"] < scores["clean_acc"], "a robust model that an attack can still move"

@@ -147,7 +147,7 @@ class _Counter(torch.autograd.Function):
 def test_one_forward_and_one_input_gradient_per_step(constraint):
     model = small_model()
     forwards = []
-    model.block1.register_forward_hook(lambda *a: forwards.append(1))
+    model.stages[0].register_forward_hook(lambda *a: forwards.append(1))
     target_rep = model.representation(torch.rand(3, 3, 12, 12)).detach()
     forwards.clear()
     _Counter.backward_calls = 0

@@ -61,7 +61,7 @@ def test_main_smoke_writes_every_kind_then_a_rerun_of_main_skips_everything(smok
     resolved = json.loads(manifests[0].read_text())["config"]  # every default filled in
     assert resolved["fanout"]["jobs"][0]["constraint"] == "l2" and resolved["fanout"]["max_retries"] == 3
     assert resolved["train"][1]["attack"]["restarts"] == 1
-    assert len(pd.read_parquet(tmp / "store" / "train_metrics")) == 4  # 2 models x 2 epochs
+    assert len(pd.read_parquet(tmp / "store" / "train_metrics")) == 16  # 2 models x 8 epochs
 
     second = run_module("jobs.main", "--config", SMOKE, *store_overrides(tmp))
     assert second.returncode == 0, second.stderr[-3000:]
@@ -69,7 +69,7 @@ def test_main_smoke_writes_every_kind_then_a_rerun_of_main_skips_everything(smok
     assert "58 jobs, 58 already in the store, 0 to run" in second.stdout
     assert "[data] using" in second.stdout
     assert len(pd.read_parquet(tmp / "store" / "results")) == 68
-    assert len(pd.read_parquet(tmp / "store" / "train_metrics")) == 4
+    assert len(pd.read_parquet(tmp / "store" / "train_metrics")) == 16
     assert pd.read_parquet(tmp / "store" / "models")["created_at"].tolist() == models["created_at"].tolist()
 
 
@@ -105,6 +105,88 @@ def test_report_has_every_figure(smoke):
     assert set(report.missing) <= {"tune_trials"}
     page = (tmp / "report" / "report.html").read_text()
     assert page.count("<img") == 12 and "Table 4/5" in page and "digits_robust" in page
+
+
+@pytest.mark.ray
+@pytest.mark.ffcv
+@pytest.mark.slow
+def test_every_figure_draws_every_row_of_the_last_run(smoke):
+    """Each figure's cells (grids: images; Fig. 4: points) against the rows the smoke run wrote (all within the
+    figures' caps): every result row is drawn, beside its target and source images where the figure shows them."""
+    from robrep.report import build_report, current_results
+
+    tmp, _ = smoke
+    report = build_report(str(tmp / "store"), str(tmp / "report"))
+    rows = current_results(str(tmp / "store"))
+    assert len(rows) == len(pd.read_parquet(tmp / "store" / "results")), "one run: every row is current"
+    of = {kind: part for kind, part in rows.groupby("kind")}
+    inverted = of["invert"][of["invert"]["split"] == "test"]
+    image, noise = inverted[inverted["init"] == "image"], inverted[inverted["init"] == "noise"]
+    outside = of["invert"][of["invert"]["split"] == "glyphs"]
+    regularized, direct = of["regularized_visualize"], of["visualize"]
+    expected = {
+        "inversion_image": len(image) + 2 * image["target_index"].nunique(),  # + target and source
+        "inversion_noise": len(noise) + noise["target_index"].nunique(),  # + target
+        "ood_inversion_glyphs_noise": len(outside) + outside["target_index"].nunique(),
+        "fig4_sweep": of["invert_sweep"].groupby(["model_id", "eps"]).ngroups,  # every radius of every model
+        "fig11_manipulate": len(of["manipulate"]) + of["manipulate"]["source_index"].nunique(),
+        "fig12_interpolate": len(of["interpolate"]),  # every lambda
+        "fig10_regularized": len(regularized) + len(direct.merge(
+            regularized[["init", "source_index", "coordinate"]].drop_duplicates())),
+    }
+    for model_id, part in direct.groupby("model_id"):
+        starts = part[["init", "source_index"]].drop_duplicates()
+        expected[f"fig7_visualize_{model_id}"] = len(part) + int((starts["source_index"] >= 0).sum())
+    for model_id, part in of["top_activating"].groupby("model_id"):
+        expected[f"fig8_top_{model_id}"] = len(part)
+    for model_id, part in of["pairs"].groupby("model_id"):
+        expected[f"sec2_pairs_{model_id}"] = 3 * len(part)
+    assert report.cells == expected
+    assert len(of["invert_sweep"]["eps"].unique()) == 2 and of["interpolate"]["lam"].nunique() == 3
+
+
+@pytest.mark.ray
+@pytest.mark.ffcv
+@pytest.mark.slow
+def test_the_same_config_from_scratch_gives_the_same_store(trained_pair, tmp_path):
+    """jobs.main again from nothing (new data, checkpoints and store) with the same seeds: the same .beton, the
+    same weights (DDP over 2 workers, shuffles and augmentation seeded), the same epoch metrics, and the same
+    inversions, bit for bit, for every job both runs ran."""
+    first = trained_pair[0]
+    block = "fanout.jobs=[{kind: invert, inits: [noise, image], step_size: 0.1, steps: 20}]"  # the smoke's first
+    proc = run_module("jobs.main", "--config", SMOKE, *store_overrides(tmp_path), "--set", block)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert json.loads((first / "data" / "test.json").read_text())["fingerprint"] == \
+        json.loads((tmp_path / "data" / "test.json").read_text())["fingerprint"]
+    digests = [pd.read_parquet(root / "store" / "models").set_index("model_id")["digest"] for root in (first, tmp_path)]
+    assert digests[0].to_dict() == digests[1].to_dict()
+    columns = ["model_id", "epoch", "loss", "train_acc", "clean_acc", "adv_acc"]
+    metrics = [pd.read_parquet(root / "store" / "train_metrics")[columns].sort_values(["model_id", "epoch"])
+               .reset_index(drop=True) for root in (first, tmp_path)]
+    pd.testing.assert_frame_equal(metrics[0], metrics[1])
+    again = pd.read_parquet(tmp_path / "store" / "results").set_index("job_id")
+    before = pd.read_parquet(first / "store" / "results").set_index("job_id").loc[again.index]
+    assert len(again) == 2 * 12
+    for column in ("rep_dist_rel", "pix_dist_target", "pix_dist_source", "image_png", "judge_pred"):
+        assert (again[column] == before[column]).all(), column
+
+
+def test_judged_table_shows_only_what_the_judge_measures():
+    """Inversions and interpolations aimed at a target, from noise or another class, per start (and lambda); not
+    sweeps (held near their source), top_activating (real images), nor a start of the target's own class."""
+    from robrep.report import judged_table
+
+    def rows(kind, init, source_class, n=2, lam=float("nan")):
+        return [{"kind": kind, "model_id": "m", "init": init, "source_class": source_class, "target_class": 0,
+                 "judge_pred": 0, "judge_model_id": "j", "lam": lam, "split": "test"}] * n
+
+    frame = pd.DataFrame(rows("invert", "image", 1) + rows("invert", "image", 0) + rows("invert", "noise", -1)
+                         + rows("invert_sweep", "image", 1) + rows("top_activating", None, -1)
+                         + rows("interpolate", "interp", 1, lam=0.5) + rows("interpolate", "interp", 1, lam=1.0))
+    table = judged_table(frame)
+    assert sorted(zip(table["kind"], table["init"], table["lam"].fillna(-1), table["rows"], strict=True)) == [
+        ("interpolate", "interp", 0.5, 2), ("interpolate", "interp", 1.0, 2), ("invert", "image", -1, 2),
+        ("invert", "noise", -1, 2)]
 
 
 def test_report_on_an_empty_store_says_what_is_missing(tmp_path):
@@ -207,6 +289,7 @@ def test_every_result_image_is_judged_by_the_other_model(trained_pair):
     for judge_id, rows in results.groupby("judge_model_id"):
         judge, _ = load_checkpoint(models.loc[judge_id, "checkpoint"])
         images = torch.stack([torch.from_numpy(decode_png(b).copy()).permute(2, 0, 1) for b in rows["image_png"]]) / 255
+        images = images[:, :1]  # digits are grey: the models take one channel
         with torch.no_grad():
             assert judge(images).argmax(1).tolist() == rows["judge_pred"].tolist()
     assert (results["judge_pred"] != results["pred_class"]).any(), "the judge is another classifier"

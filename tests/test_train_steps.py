@@ -17,11 +17,11 @@ def test_attack_runs_in_eval_mode_and_stays_in_the_ball():
     model = create_model("small_cnn", 2, [0.5] * 3, [0.3] * 3, width=8)
     model.train()
     x, y = toy_data(16)
-    bn_mean = model.block1[1].running_mean.clone()
+    bn_mean = model.stages[0][1].running_mean.clone()
     attack = AttackSpec(eps=0.5, steps=3, step_size=0.2)
     x_adv = adversarial_examples(model, x, y, attack)
     assert model.training  # restored
-    assert torch.equal(model.block1[1].running_mean, bn_mean)  # BN statistics untouched by the attack
+    assert torch.equal(model.stages[0][1].running_mean, bn_mean)  # BN statistics untouched by the attack
     assert ((x_adv - x).flatten(1).norm(dim=1) <= 0.5 + 1e-5).all()
 
 

@@ -20,7 +20,7 @@ from robrep.kinds import (
     top_activating,
     visualize,
 )
-from robrep.kinds.base import JobKind
+from robrep.kinds.base import Job, JobKind
 
 KINDS: dict[str, JobKind] = {k.name: k for k in (
     invert.KIND,
@@ -43,3 +43,12 @@ def get_kind(name: str) -> JobKind:
     if name not in KINDS:
         raise ConfigError(f"unknown job kind {name!r}; known: {list_kinds()}")
     return KINDS[name]
+
+
+def run_settings(jobs: list[Job]) -> dict[str, list[str]]:
+    """Per kind, the block settings (Job.setting) a fan-out run planned, committed before or not: the fan-out's
+    manifest keeps them, and the report shows, per kind, the settings of the last run that had that kind."""
+    out: dict[str, set[str]] = {}
+    for job in jobs:
+        out.setdefault(job.kind, set()).add(job.setting(get_kind(job.kind).varies))
+    return {kind: sorted(keys) for kind, keys in out.items()}

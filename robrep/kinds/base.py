@@ -119,6 +119,10 @@ class Job:
         canonical = json.dumps(self.identity(), sort_keys=True)
         return dataclasses.replace(self, job_id=hashlib.sha256(canonical.encode()).hexdigest()[:24])
 
+    def setting(self, varies: tuple[str, ...] = ()) -> str:
+        """The block setting this job belongs to (setting_key; `varies`: its kind's)."""
+        return setting_key({name: getattr(self, name) for name in SETTING}, varies)
+
     def columns(self) -> dict:
         """The job's own columns of a result row."""
         names = ("kind", "model_id", "dataset", "split", "target_index", "source_index", "init", "rng_seed",
@@ -127,6 +131,29 @@ class Job:
         columns = {name: getattr(self, name) for name in names}
         columns["judge_model_id"] = self.judge_model_id or None
         return columns
+
+
+# The fields one block shares across its jobs (per model): a figure or a summary number is one such setting.
+# A kind's `varies` names those of them its block varies per job (invert_sweep: eps, its radius).
+SETTING = ("kind", "model_id", "model_digest", "dataset", "split", "constraint", "eps", "step_size", "steps",
+           "precision", "jitter", "max_degrees")
+SETTING_DEFAULTS = {"precision": "fp32", "jitter": 0, "max_degrees": 0.0}  # rows written before the columns existed
+
+
+def setting_key(values, varies: tuple[str, ...] = ()) -> str:
+    """The setting of a Job or a results row (a mapping or a namedtuple's dict), as a string: floats as float32
+    (what the store keeps), per-job fields (`varies`) left out."""
+    parts = []
+    for name in SETTING:
+        value = None if name in varies else values.get(name)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            value = None if name in varies else SETTING_DEFAULTS.get(name)
+        if isinstance(value, (float, np.floating)):
+            value = f"{float(np.float32(value)):.7g}"
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            value = str(int(value))
+        parts.append(value)
+    return json.dumps(parts)
 
 
 @dataclass(frozen=True)
@@ -170,6 +197,8 @@ class JobKind:
     expand: Callable[[BlockSpec, ExpandContext], list[dict]]  # block -> the varying Job fields of each job
     run: Callable[[BatchContext, list[Job]], list[dict]]  # a batch of compatible jobs -> rows of `table`
     table: str = "results"
-    report: Callable | None = None  # (Report, StoreFrames) -> None: its section of jobs.report
+    report: Callable | None = None  # (Report, rows, image lookup) -> None: its section of jobs.report
     needs: Callable[[BlockSpec], list[BlockSpec]] | None = None  # blocks of other kinds its jobs rely on
     tunable: bool = False  # jobs.tune's inversion step_size / steps apply (`--from-tune`)
+    varies: tuple[str, ...] = ()  # SETTING fields its blocks vary per job (invert_sweep: eps)
+    judged: bool = False  # a judge's label of its images means something (they aim at a target's class)

@@ -60,4 +60,4 @@ def report(report, rows, lookup: dict) -> None:
                 "Fig. 12: inverting lambda R(x1) + (1 - lambda) R(x2); lambda = 0 is the other image")
 
 
-KIND = JobKind("interpolate", InterpolateSpec, expand, run, report=report, tunable=True)
+KIND = JobKind("interpolate", InterpolateSpec, expand, run, report=report, tunable=True, judged=True)

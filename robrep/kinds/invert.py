@@ -41,19 +41,23 @@ def expand(block: InvertSpec, ctx: ExpandContext) -> list[dict]:
 def report(report, rows, lookup: dict) -> None:
     from robrep.report import MAX_ROWS, in_distribution
 
+    inside = in_distribution(rows)  # the models' own dataset; the rest came from targets_from
+    models = sorted(rows["model_id"].unique())
+    for dataset, outside in rows.drop(inside.index).groupby("dataset"):
+        report.heading(f"Inverting images from outside the training distribution: {dataset} (Fig. 6, right)")
+        report_outside(report, outside, lookup, models, dataset)
+    if not inside.empty or rows.empty:
+        _report_inside(report, inside, lookup, models, MAX_ROWS)
+
+
+def _report_inside(report, rows, lookup: dict, models: list[str], max_rows: int) -> None:
     if not report.section("Inversion: robust vs standard (Fig. 3 and 6)", rows, "invert rows",
                           "add a {kind: invert} block to fanout.jobs"):
         return
-    models = sorted(rows["model_id"].unique())
-    inside = in_distribution(rows)  # the models' own dataset; the rest came from targets_from
-    main = inside["dataset"].iloc[0] if "dataset" in inside.columns else None
-    if main is not None:
-        for dataset, outside in rows[rows["dataset"] != main].groupby("dataset"):
-            report_outside(report, outside, lookup, models, dataset)
-    rows = inside
+    main = rows["dataset"].iloc[0] if "dataset" in rows.columns else None
     for init, caption in (("image", "Fig. 3: from a test image of another class"), ("noise", "Fig. 6: from noise")):
         part = rows[rows["init"] == init]
-        targets = sorted(part["target_index"].unique())[:MAX_ROWS]
+        targets = sorted(part["target_index"].unique())[:max_rows]
         if not targets:
             report.missing_section(f"invert rows from init={init}", f"add {init} to the invert block's inits")
             continue
@@ -84,4 +88,4 @@ def report_outside(report, rows, lookup: dict, models: list[str], dataset: str) 
                     f"Fig. 6 (right): inverting images from outside the training distribution ({dataset}), from {init}")
 
 
-KIND = JobKind("invert", InvertSpec, expand, run_towards_targets, report=report, tunable=True)
+KIND = JobKind("invert", InvertSpec, expand, run_towards_targets, report=report, tunable=True, judged=True)

@@ -43,4 +43,5 @@ def report(report, rows, lookup: dict) -> None:
     report.table(curve.pivot(index="eps", columns="model_id", values="rep_dist_rel").reset_index())
 
 
-KIND = JobKind("invert_sweep", InvertSweepSpec, expand, run_towards_targets, report=report, tunable=True)
+KIND = JobKind("invert_sweep", InvertSweepSpec, expand, run_towards_targets, report=report, tunable=True,
+               varies=("eps",))

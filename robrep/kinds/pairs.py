@@ -40,4 +40,4 @@ def report(report, rows, lookup: dict) -> None:
                     "while it stays near the source in pixels")
 
 
-KIND = JobKind("pairs", PairsSpec, expand, run_towards_targets, report=report, tunable=True)
+KIND = JobKind("pairs", PairsSpec, expand, run_towards_targets, report=report, tunable=True, judged=True)

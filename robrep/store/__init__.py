@@ -4,6 +4,6 @@
     from robrep.store import load_results, read_table
 """
 
-from robrep.store.read import committed_job_ids, find_model, load_results, read_table
+from robrep.store.read import committed_job_ids, find_model, load_results, read_manifests, read_table
 
-__all__ = ["committed_job_ids", "find_model", "load_results", "read_table"]
+__all__ = ["committed_job_ids", "find_model", "load_results", "read_manifests", "read_table"]

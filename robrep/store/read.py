@@ -6,7 +6,9 @@ Pure pyarrow/pandas: usable from a notebook, a Ray worker or an entry point alik
 from __future__ import annotations
 
 import contextlib
+import json
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -148,3 +150,23 @@ def open_failures(root: str | Path) -> pd.DataFrame:
     failures = read_table(root, "failures")
     done = committed_job_ids(root) | committed_job_ids(root, "representations")
     return failures[~failures["job_id"].isin(done)].reset_index(drop=True)
+
+
+def read_manifests(root: str | Path) -> list[dict]:
+    """Every fan-out run's manifest (written last, once its parts are committed), oldest first by finished_at.
+    An unreadable one is skipped with a warning: it describes a run, it holds no rows."""
+    fs, base = filesystem(root)
+    selector = pafs.FileSelector(f"{base}/_manifests", allow_not_found=True)
+    manifests = []
+    for info in fs.get_file_info(selector):
+        if not info.path.endswith(".json") or info.base_name.startswith("."):
+            continue
+        try:
+            with fs.open_input_stream(info.path) as stream:
+                manifest = json.loads(stream.read().decode())
+        except (OSError, ValueError) as e:
+            warnings.warn(f"skipping manifest {info.base_name}: {e}", stacklevel=2)
+            continue
+        if isinstance(manifest, dict):
+            manifests.append(manifest)
+    return sorted(manifests, key=lambda m: str(m.get("finished_at", "")))
