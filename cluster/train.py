@@ -1,7 +1,8 @@
 """Ray Train V2 wiring: a TorchTrainer whose workers read FFCV shards and run robrep's training steps.
 
-Each epoch ends in a checkpoint (model, optimizer, scheduler, epoch, RNG) reported by rank 0, so a
-rerun with the same name, or a worker group restarted after a failure, continues at the next epoch.
+Every `checkpoint_every` epochs (and the last) end in a checkpoint (model, optimizer, scheduler, epoch, RNG)
+reported by rank 0, so a rerun with the same name, or a worker group restarted after a failure, continues after
+it, replaying the same (seeded) epochs.
 Rank 0 also commits one `train_metrics` row per epoch to the store (a rerun of an epoch replaces it), from
 whatever node it runs on: the store must be a location every node reaches (a URI or a shared folder).
 Checkpoints go to `storage_path`, a URI or a shared folder, through Ray Train's storage filesystem.
@@ -204,11 +205,17 @@ def train_loop_per_worker(run: TrainRun) -> None:
             "seconds": time.time() - start, "world_size": world, "created_at": now_utc(),
         }
         _audit(run.audit_dir, rank, epoch, labels, model, eval_labels or [])
+        if rank == 0:
+            append_rows(run.store, "train_metrics", to_table([metrics], TRAIN_METRICS_SCHEMA),
+                        key=f"{spec.model_id}/{epoch}")
+        # Ray Train gets a report only with a checkpoint (every rank, the same epochs): each report waits for its
+        # controller's next poll (up to 2 s: RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), longer than a small model's epoch.
+        # The epoch's metrics are in the store already.
+        if not ((epoch + 1) % spec.checkpoint_every == 0 or last):
+            continue
         with tempfile.TemporaryDirectory() as folder:
             checkpoint = None
             if rank == 0:
-                append_rows(run.store, "train_metrics", to_table([metrics], TRAIN_METRICS_SCHEMA),
-                            key=f"{spec.model_id}/{epoch}")
                 state = {
                     "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                     "scheduler": scheduler.state_dict(), "epoch": epoch, "rng": torch.get_rng_state(),

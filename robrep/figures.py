@@ -72,8 +72,9 @@ def labelled_grid(cells: list[list[bytes | np.ndarray | None]], row_labels: list
 
 
 def line_chart(series: dict[str, list[tuple[float, float]]], x_label: str, y_label: str, log_x: bool = True,
-               size: tuple[int, int] = (520, 340)) -> Image.Image:
-    """Lines of (x, y) points, one per series name, with axes, ticks and a legend."""
+               size: tuple[int, int] = (520, 340), marks: dict[str, float] | None = None) -> Image.Image:
+    """Lines of (x, y) points, one per series name, with axes, ticks and a legend; `marks` draws a labelled
+    vertical line at each x (within the points' range)."""
     width, height = size
     left, right, top, bottom = 60, 20, 20, 45
     image = Image.new("RGB", size, "white")
@@ -97,6 +98,11 @@ def line_chart(series: dict[str, list[tuple[float, float]]], x_label: str, y_lab
         y = y_lo + (y_hi - y_lo) * k / 4
         _, py = at(sorted({x for x, _ in points})[0], y)
         draw.text((4, py - 5), f"{y:.2f}", fill="black")
+    for label, x in (marks or {}).items():
+        if min(x for x, _ in points) <= x <= max(x for x, _ in points):
+            px, _ = at(x, 0)
+            draw.line([(px, top), (px, height - bottom)], fill=(160, 160, 160))
+            draw.text((px + 3, height - bottom - 14), label, fill=(110, 110, 110))
     draw.text((width // 2 - 40, height - 16), x_label, fill="black")
     draw.text((4, 4), y_label, fill="black")
     for n, (name, values) in enumerate(series.items()):

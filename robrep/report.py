@@ -58,8 +58,9 @@ class Report:
         self.figure(name, labelled_grid(cells, row_labels, col_labels), caption)
         self.cells[name + self.block] = sum(cell is not None for row in cells for cell in row)
 
-    def chart(self, name: str, series: dict, x_label: str, y_label: str, caption: str) -> None:
-        self.figure(name, line_chart(series, x_label, y_label), caption)
+    def chart(self, name: str, series: dict, x_label: str, y_label: str, caption: str,
+              marks: dict[str, float] | None = None) -> None:
+        self.figure(name, line_chart(series, x_label, y_label, marks=marks), caption)
         self.cells[name + self.block] = sum(len(points) for points in series.values())
 
     def figure(self, name: str, image, caption: str) -> None:

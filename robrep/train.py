@@ -97,6 +97,9 @@ class ModelSpec:
     attack: AttackSpec | None = None
     eval_attack: AttackSpec | None = None  # PGD for adversarial test accuracy; None = no adversarial eval
     eval_every: int = 1  # epochs between evaluations during training (the last epoch is always evaluated)
+    # epochs between checkpoints (the last epoch always has one): a resumed or restarted run replays the epochs after
+    # the last checkpoint, the same way (seeded), so > 1 trades replayed work for less time saving small models
+    checkpoint_every: int = 1
     eval_max_images: int | None = None  # evaluate during training on the first n test images (None: all)
     precision: Literal["fp32", "bf16"] = "fp32"  # of the attack and the forward pass (bf16 autocast); GPU presets: bf16
     compile: bool = False  # torch.compile the model for the training step and the attack (`compile: on`)
@@ -115,7 +118,7 @@ class ModelSpec:
         if self.depth < 0:
             raise ConfigError(f"train {self.model_id}: depth={self.depth} must be >= 1 (stages), or 0 (as many as "
                               "halve the image down to pool pixels a side)")
-        for key in ("epochs", "batch_size", "num_workers", "width", "pool"):
+        for key in ("epochs", "batch_size", "num_workers", "width", "pool", "eval_every", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train {self.model_id}: {key}={getattr(self, key)} must be >= 1")
         if self.arch != "small_cnn" and (self.width, self.depth, self.pool) != (32, 3, 1):

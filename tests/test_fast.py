@@ -180,7 +180,9 @@ def test_quality_guard_bf16_gives_the_fp32_results_on_the_trained_pair(trained_p
     rep_dist_rel at most 10% above fp32's, its other-class-nearer fractions at most 0.05 below, its attack at most
     2 points weaker (adversarial accuracy). The trained pair is the same on every run (seeded training: see
     test_the_same_config_from_scratch_gives_the_same_store), so the guard passes or fails the same way each time.
-    (Measured on it: see the bounds' comments.)"""
+    (Measured on it: mean rep_dist_rel robust 0.0333 fp32 / 0.0325 bf16, standard 0.1700 / 0.1676; nearer 1.00 and
+    0.00 in both; PGD-20 accuracy of the robust model 0.398 / 0.396. The pair before it had 2.2% and 3.1% between
+    fp32 and bf16 in either direction from run to run, against a two-sided 2% bound.)"""
     from cluster.worker import run_batch
     from datasets.beton import read_all
     from jobs.config import load_config

@@ -16,9 +16,10 @@ QUANTUM = 0.5 / 255  # a PNG pixel is off by at most half a level per channel
 
 
 def pixels(png: bytes) -> torch.Tensor:
-    """PNG bytes -> (3, H, W) float in [0, 1], decoded here without robrep."""
-    array = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"), dtype=np.float32) / 255
-    return torch.from_numpy(array).permute(2, 0, 1)
+    """PNG bytes -> (C, H, W) float in [0, 1], decoded here without robrep: C = 1 for a grey PNG (the digits)."""
+    image = Image.open(io.BytesIO(png))
+    array = np.asarray(image.convert("L" if image.mode == "L" else "RGB"), dtype=np.float32) / 255
+    return torch.from_numpy(array.reshape(*array.shape[:2], -1)).permute(2, 0, 1)
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +48,11 @@ def test_sweep_results_stay_within_their_radius_around_the_source(store):
     _, results, images, _ = store
     sweep = results[results["kind"] == "invert_sweep"]
     assert len(sweep) == 4 and set(sweep["eps"]) == {0.5, 2.0}
-    slack = QUANTUM * np.sqrt(3 * 16 * 16) * 2  # the result and the source are both 8-bit
     for row in sweep.itertuples():
-        moved = (pixels(row.image_png) - pixels(images.loc[row.source_index, "image_png"])).norm()
+        result, source = pixels(row.image_png), pixels(images.loc[row.source_index, "image_png"])
+        assert result.shape == source.shape == (1, 16, 16)  # grey digits: one channel
+        slack = QUANTUM * np.sqrt(result.numel()) * 2  # the result and the source are both 8-bit
+        moved = (result - source).norm()
         assert moved <= row.eps + slack, (row.eps, float(moved))
         assert row.pix_dist_source <= row.eps * (1 + 1e-5)
     # the smoke config travels up to 1.0 in pixels, so the 0.5 ball binds: the projection was exercised

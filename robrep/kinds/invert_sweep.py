@@ -38,8 +38,12 @@ def report(report, rows, lookup: dict) -> None:
     robust = rows.groupby("model_id")["model_robust"].first()
     series = {f"{m}{' (robust)' if robust[m] else ''}": list(zip(g["eps"], g["rep_dist_rel"], strict=True))
               for m, g in curve.groupby("model_id")}
+    trained = rows[rows["model_robust"].astype(bool)].groupby("model_id")["model_eps"].first()
+    marks = {f"{m}: trained at {eps:g}": float(eps) for m, eps in trained.items()}
     report.chart("fig4_sweep", series, "L2 radius around the source", "mean rep_dist_rel",
-                 "Fig. 4: the lowest representation distance reachable within each radius, averaged over pairs")
+                 "Fig. 4: the lowest representation distance reachable within each radius, averaged over "
+                 f"{rows.groupby('model_id').size().min() // max(1, rows['eps'].nunique())} pairs per model; a robust "
+                 "model's representation barely moves within its training radius", marks=marks)
     report.table(curve.pivot(index="eps", columns="model_id", values="rep_dist_rel").reset_index())
 
 
