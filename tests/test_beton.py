@@ -27,6 +27,22 @@ def test_digits_round_trip_labels_and_pixels(tmp_path):
     assert not list(tmp_path.glob("*.tmp"))
 
 
+def test_a_grey_dataset_reads_as_one_channel_and_its_pngs_are_grey(tmp_path):
+    """digits is grey: its sidecar says channels 1, its loaders give (B, 1, H, W), a result image is a grey PNG."""
+    from datasets.sources import digits
+    from robrep.figures import decode_png, encode_png
+
+    path = write_beton(tmp_path / "g.beton", digits(16, "test"))
+    info = read_info(path)
+    assert info["channels"] == 1 and len(info["mean"]) == len(info["std"]) == 1
+    x, _ = read_all(path)
+    train = next(iter(make_loader(path, 32, train=True)))[0]
+    assert x.shape[1:] == train.shape[1:] == (1, 16, 16)
+    png = encode_png(x[0])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n" and decode_png(png).shape == (16, 16, 3)
+    assert (decode_png(png)[..., 0] == (x[0, 0] * 255).round().byte().numpy()).all()
+
+
 def test_train_loader_shuffles_and_drops_last(tmp_path):
     images, labels = load_digits_rgb(16)
     path = write_beton(tmp_path / "d.beton", _array_source("digits", images[:100], labels[:100], list("0123456789")))
