@@ -49,6 +49,13 @@ def _conv_bn(c_in: int, c_out: int, stride: int) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False), nn.BatchNorm2d(c_out))
 
 
+def _stages_from_blocks(state_dict: dict, prefix: str, *_) -> None:
+    """Checkpoints saved before small_cnn had a depth name its three stages block1..block3: read them as stages."""
+    for i in (1, 2, 3):
+        for key in [k for k in state_dict if k.startswith(f"{prefix}block{i}.")]:
+            state_dict[f"{prefix}stages.{i - 1}.{key[len(prefix) + len(f'block{i}.'):]}"] = state_dict.pop(key)
+
+
 def small_cnn_channels(width: int, depth: int) -> list[int]:
     """The channels of small_cnn's stages: `width`, doubled at each of the first two downsamplings, then kept."""
     return [width * 2 ** min(i, 2) for i in range(depth)]
@@ -77,6 +84,7 @@ class SmallCNN(nn.Module):
                                     enumerate(zip([self.in_channels, *channels[:-1]], channels, strict=True)))
         self.representation_dim = channels[-1] * pool * pool
         self.fc = nn.Linear(self.representation_dim, num_classes)
+        self._register_load_state_dict_pre_hook(_stages_from_blocks)
 
     def representation(self, x: torch.Tensor, fake_relu: bool = False) -> torch.Tensor:
         """x: (B, C, H, W) in [0,1] -> R(x): (B, D). `fake_relu` swaps the last ReLU's backward."""

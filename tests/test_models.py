@@ -51,3 +51,15 @@ def test_fake_relu_passes_gradient_where_the_relu_is_dead(name):
 def test_unknown_model_lists_the_known_ones():
     with pytest.raises(ConfigError, match="known models: .*resnet50"):
         create_model("resnet9000", 10, [0.5] * 3, [0.2] * 3)
+
+
+def test_small_cnn_checkpoints_from_before_depth_still_load():
+    """A small_cnn saved when its stages were block1..block3 (the default width 32, depth 3) loads as `stages`."""
+    model = create_model("small_cnn", 10, [0.5] * 3, [0.2] * 3)
+    old = {k.replace("stages.0.", "block1.").replace("stages.1.", "block2.").replace("stages.2.", "block3."): v
+           for k, v in model.state_dict().items()}
+    assert any(k.startswith("block1.") for k in old)
+    again = create_model("small_cnn", 10, [0.5] * 3, [0.2] * 3)
+    again.load_state_dict(old)
+    x = torch.rand(2, 3, 16, 16)
+    assert torch.equal(again.eval()(x), model.eval()(x))
