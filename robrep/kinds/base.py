@@ -65,6 +65,27 @@ class PGDBlockSpec(BlockSpec):
 
 LATER_FIELDS = {"precision": "fp32", "jitter": 0, "max_degrees": 0.0}  # Job fields added after stores existed
 
+# The fields one block shares across its jobs (per model): a figure or a summary number is one such setting.
+# A kind's `varies` names those of them its block varies per job (invert_sweep: eps, its radius).
+SETTING = ("kind", "model_id", "model_digest", "dataset", "split", "constraint", "eps", "step_size", "steps",
+           "precision", "jitter", "max_degrees")
+
+
+def setting_key(values, varies: tuple[str, ...] = ()) -> str:
+    """The setting of a Job or a results row (a mapping or a namedtuple's dict), as a string: floats as float32
+    (what the store keeps), per-job fields (`varies`) left out."""
+    parts = []
+    for name in SETTING:
+        value = None if name in varies else values.get(name)
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            value = None if name in varies else LATER_FIELDS.get(name)  # rows from before the column
+        if isinstance(value, (float, np.floating)):
+            value = f"{float(np.float32(value)):.7g}"
+        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+            value = str(int(value))
+        parts.append(value)
+    return json.dumps(parts)
+
 
 @dataclass(frozen=True)
 class Job:
@@ -131,29 +152,6 @@ class Job:
         columns = {name: getattr(self, name) for name in names}
         columns["judge_model_id"] = self.judge_model_id or None
         return columns
-
-
-# The fields one block shares across its jobs (per model): a figure or a summary number is one such setting.
-# A kind's `varies` names those of them its block varies per job (invert_sweep: eps, its radius).
-SETTING = ("kind", "model_id", "model_digest", "dataset", "split", "constraint", "eps", "step_size", "steps",
-           "precision", "jitter", "max_degrees")
-SETTING_DEFAULTS = {"precision": "fp32", "jitter": 0, "max_degrees": 0.0}  # rows written before the columns existed
-
-
-def setting_key(values, varies: tuple[str, ...] = ()) -> str:
-    """The setting of a Job or a results row (a mapping or a namedtuple's dict), as a string: floats as float32
-    (what the store keeps), per-job fields (`varies`) left out."""
-    parts = []
-    for name in SETTING:
-        value = None if name in varies else values.get(name)
-        if value is None or (isinstance(value, float) and math.isnan(value)):
-            value = None if name in varies else SETTING_DEFAULTS.get(name)
-        if isinstance(value, (float, np.floating)):
-            value = f"{float(np.float32(value)):.7g}"
-        elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-            value = str(int(value))
-        parts.append(value)
-    return json.dumps(parts)
 
 
 @dataclass(frozen=True)
