@@ -60,9 +60,10 @@ def judge(rows: list[dict], model: torch.nn.Module, on: str) -> None:
     import numpy as np
 
     from robrep.figures import decode_png
+    from robrep.models import input_channels
 
     images = torch.from_numpy(np.stack([decode_png(row["image_png"]) for row in rows])).permute(0, 3, 1, 2)
-    images = images[:, : model.normalize.mean.shape[1]]  # a grey model sees one channel (a grey PNG decodes to 3)
+    images = images[:, : input_channels(model)]  # a grey model sees one channel (a grey PNG decodes to 3)
     with torch.no_grad():
         preds = model(images.to(on).float() / 255).argmax(1).tolist()
     for row, pred in zip(rows, preds, strict=True):

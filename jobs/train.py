@@ -91,7 +91,7 @@ class EpochProgress:
 
 def train_one(config: ExperimentConfig, spec: ModelSpec) -> dict:
     from cluster.train import TrainRun, fit
-    from datasets.beton import read_info
+    from datasets.beton import channels, read_info
 
     data = config.data
     info = read_info(data.local("train"))
@@ -106,7 +106,7 @@ def train_one(config: ExperimentConfig, spec: ModelSpec) -> dict:
         shape = create_model(spec.arch, info["num_classes"], info["mean"], info["std"], **spec.arch_kwargs)
     attack = (f"L2 eps {spec.attack.eps:g}, {spec.attack.steps} steps of {spec.attack.step_size:g}"
               if spec.attack else "standard")
-    print(f"[train] {spec.model_id}: {spec.arch} {spec.arch_kwargs or ''} on {len(info['mean'])}-channel "
+    print(f"[train] {spec.model_id}: {spec.arch} {spec.arch_kwargs or ''} on {channels(info)}-channel "
           f"{info['resolution']} px images, R(x) {shape.representation_dim}-d; {attack}", flush=True)
     start = time.time()
     with EpochProgress(config.store_root, spec):

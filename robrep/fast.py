@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from robrep.errors import ConfigError
+from robrep.models import input_channels
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -111,7 +112,7 @@ class FullPrecision(nn.Module):
 
 def _stem_in_fp32(model: nn.Module) -> None:
     """Wrap the convolution that sees the pixels (the first one on the model's input channels) in FullPrecision."""
-    channels = model.normalize.mean.shape[1]
+    channels = input_channels(model)
     for module in model.modules():
         for name, child in module.named_children():
             if isinstance(child, nn.Conv2d) and child.in_channels == channels:

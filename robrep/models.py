@@ -78,10 +78,10 @@ class SmallCNN(nn.Module):
             raise ConfigError(f"small_cnn: width={width}, depth={depth}, pool={pool}: need width in [1, 4096], "
                               "depth in [1, 8], pool in [1, 16]")
         self.normalize = Normalize(mean, std)
-        self.in_channels, self.pool = len(mean), pool
+        self.pool = pool
         channels = small_cnn_channels(width, depth)
         self.stages = nn.ModuleList(_conv_bn(c_in, c_out, 1 if i == 0 else 2) for i, (c_in, c_out) in
-                                    enumerate(zip([self.in_channels, *channels[:-1]], channels, strict=True)))
+                                    enumerate(zip([len(mean), *channels[:-1]], channels, strict=True)))
         self.representation_dim = channels[-1] * pool * pool
         self.fc = nn.Linear(self.representation_dim, num_classes)
         self._register_load_state_dict_pre_hook(_stages_from_blocks)
@@ -249,6 +249,11 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "vgg16": VGG16,
     "vgg16_bn": lambda **kw: VGG16(batch_norm=True, **kw),
 }
+
+
+def input_channels(model: nn.Module) -> int:
+    """How many channels a robrep model takes: its normalisation's (1 for a grey dataset)."""
+    return model.normalize.mean.shape[1]
 
 
 def list_models() -> list[str]:
