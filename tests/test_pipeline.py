@@ -206,6 +206,7 @@ def test_tune_records_its_trials_and_scores_the_best_on_held_out_images(smoke):
     from datasets.beton import read_indices
     from robrep.checkpoint import load_checkpoint
     from robrep.experiments import tuning_problem
+    from robrep.fast import FastModel
     from robrep.pgd import pgd
 
     tmp, _ = smoke
@@ -223,8 +224,12 @@ def test_tune_records_its_trials_and_scores_the_best_on_held_out_images(smoke):
     model = load_checkpoint(pd.read_parquet(tmp / "store" / "models").set_index("model_id")
                             .loc["digits_robust", "checkpoint"])[0]
     images, labels = read_indices(tmp / "data" / "test.beton", list(range(100, 108)))
+    # PGD runs on the FastModel the trials use (batch norm folded into the convolutions): on the unfolded model the
+    # last bits differ and 40 steps carry them to 2e-3 relative. On it the numbers are equal, at 1 and 2 threads
+    # alike (measured).
+    fast = FastModel(model, "cpu", "fp32", False)
     for settings, expected in ((best, best["holdout_metric"]), (best["default"], best["default"]["holdout_metric"])):
-        loss_fn, x0, measure = tuning_problem(model, images, labels, "inversion")
+        loss_fn, x0, measure = tuning_problem(model, images, labels, "inversion", fast=fast)
         x = pgd(loss_fn, x0, eps=1000.0, step_size=settings["step_size"], steps=settings["steps"]).x
         assert measure(x) == pytest.approx(expected, rel=1e-4)
 
