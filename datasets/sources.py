@@ -289,3 +289,8 @@ def _array_source(name: str, images: np.ndarray, labels: np.ndarray, label_names
     pixels = images[..., :channels].reshape(-1, channels).astype(np.float64) / 255.0
     return Source(name, label_names, labels.astype(np.int64), images=images, mean=pixels.mean(0).tolist(),
                   std=np.maximum(pixels.std(0), 1e-3).tolist(), channels=channels)
+
+
+# Datasets a fan-out builds by name when a block takes its images from one that is not there yet (invert's
+# targets_from): name -> a source at a given resolution.
+BUILT_IN_TARGETS = {"glyphs": glyphs}

@@ -19,10 +19,10 @@ from jobs.common import git_sha, run_entry_point
 from jobs.config import ExperimentConfig
 from robrep.config import to_plain
 from robrep.errors import ConfigError, DataError
-from robrep.kinds import get_kind, run_settings
+from robrep.kinds import complete_rows, get_kind, run_settings, table_schema
 from robrep.kinds.base import Job
 from robrep.location import redact, redact_all
-from robrep.plan import SplitRef, pack, plan_jobs, resolve_model
+from robrep.plan import SplitRef, other_dataset, pack, plan_jobs, resolve_model
 from robrep.store import committed_job_ids, read_table
 from robrep.store.commit import append_rows, commit_rows, write_manifest
 from robrep.store.lease import StoreLease
@@ -38,8 +38,8 @@ def plan(config: ExperimentConfig) -> list[Job]:
     judge = config.fanout.judge
     judge = None if judge in (None, "none") else models.get(judge) or resolve_model(config.store_root, judge,
                                                                                      split.num_classes)
-    names = sorted({b.targets_from for b in config.fanout.jobs if getattr(b, "targets_from", None)})
-    rest = tuple(b for b in config.fanout.jobs if not getattr(b, "targets_from", None))
+    names = sorted({other_dataset(b) for b in config.fanout.jobs if other_dataset(b)})
+    rest = tuple(b for b in config.fanout.jobs if not other_dataset(b))
     if names and rest:  # every other error before a targets .beton is built
         plan_jobs(dataclasses.replace(config.fanout, jobs=rest), models, split, labels, judge)
     targets = {}
@@ -47,7 +47,7 @@ def plan(config: ExperimentConfig) -> list[Job]:
         build_targets(config, name)
         targets[name] = split_ref(config, name, name)
         if targets[name][0].image_shape != split.image_shape:
-            raise ConfigError(f"fanout.jobs invert.targets_from={name!r}: its images are "
+            raise ConfigError(f"fanout.jobs: the images of dataset {name!r} (a block's other dataset) are "
                               f"{targets[name][0].image_shape[1]} px, the models' "
                               f"{split.image_shape[1]} px; build it at data.resolution")
     return plan_jobs(config.fanout, models, split, labels, judge, targets)
@@ -66,15 +66,15 @@ def split_ref(config: ExperimentConfig, name: str, dataset: str):
 
 
 def build_targets(config: ExperimentConfig, name: str) -> None:
-    """The built-in out-of-distribution targets ("glyphs": shapes and letters) at data.resolution, written to
-    <data.dir>/glyphs.beton (and uploaded to data.stage_from) when missing. Other names must have been built with
-    jobs.build_dataset."""
+    """A block's other dataset, where datasets.sources builds one of that name (BUILT_IN_TARGETS), at
+    data.resolution: written to <data.dir>/<name>.beton (and uploaded to data.stage_from) when missing. Other names
+    must have been built with jobs.build_dataset."""
     from datasets.beton import write_beton
-    from datasets.sources import glyphs
+    from datasets.sources import BUILT_IN_TARGETS
     from datasets.stage import upload
 
     data = config.data
-    if name != "glyphs":
+    if name not in BUILT_IN_TARGETS:
         return
     if data.stage_from:
         try:
@@ -86,8 +86,8 @@ def build_targets(config: ExperimentConfig, name: str) -> None:
         return
     if not data.path(name).is_file():
         with contextlib.redirect_stderr(io.StringIO()):  # FFCV's progress bar: a bad config's error stays one line
-            write_beton(data.path(name), glyphs(data.resolution), info={"split": name})
-        print(f"[data] wrote {data.path(name)}: shapes and letters at {data.resolution}px", flush=True)
+            write_beton(data.path(name), BUILT_IN_TARGETS[name](data.resolution), info={"split": name})
+        print(f"[data] wrote {data.path(name)}: {name} at {data.resolution}px", flush=True)
     if data.stage_from:
         upload(data.path(name), data.stage_source(name))
 
@@ -135,14 +135,15 @@ def _run(config: ExperimentConfig, jobs: list[Job], run_id: str) -> dict:
     todo = [j for j in jobs if j.job_id not in done]
     batches = pack(todo, fan.batch_size)
     print(f"[fanout] {len(jobs)} jobs, {len(jobs) - len(todo)} already in the store, {len(todo)} to run in "
-          f"{len(batches)} batches; cost ~{sum(j.steps for j in todo):,} image-steps", flush=True)
+          f"{len(batches)} batches; cost ~{sum(j.get('steps', 0) for j in todo):,} image-steps", flush=True)
     sha = git_sha()
     failures: list[dict] = []
 
     def on_done(batch: list[Job], rows: list[dict]) -> None:
         for row in rows:
             row.update(run_id=run_id, git_sha=sha, created_at=now_utc())
-        commit_rows(root, get_kind(batch[0].kind).table, rows, [j.job_id for j in batch])
+        table = get_kind(batch[0].kind).table
+        commit_rows(root, table, complete_rows(table, rows), [j.job_id for j in batch], schema=table_schema(table))
 
     def on_error(batch: list[Job], error: BaseException) -> None:
         """Committed at once, per batch: a run stopped later keeps the record."""

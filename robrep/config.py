@@ -36,7 +36,7 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
             default = field.default if field.default_factory is dataclasses.MISSING else field.default_factory()
             if dataclasses.is_dataclass(default) and isinstance(value, dict):
                 value = {**shallow_dict(default), **value}  # a partial section keeps the other defaults
-            kwargs[name] = _convert(hints[name], value, key)
+            kwargs[name] = _convert(hints[name], value, key, field.metadata.get("factory"))
             if name == "rng_seed" and not 0 <= kwargs[name] < MAX_SEED:
                 raise ConfigError(f"{key}={kwargs[name]} must be within [0, {MAX_SEED}) (2**32)")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
@@ -48,13 +48,15 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     return obj
 
 
-def _convert(tp: Any, value: Any, key: str) -> Any:
+def _convert(tp: Any, value: Any, key: str, factory=None) -> Any:
+    """`value` as type `tp`. factory(value, where): builds each dataclass value instead (a field's metadata
+    "factory": a base class whose subclass the value picks, e.g. a fan-out job block by its kind)."""
     origin, args = get_origin(tp), get_args(tp)
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _convert(inner[0], value, key)
+        return _convert(inner[0], value, key, factory)
     if origin is Literal:
         if value not in args:
             raise ConfigError(f"{key}={value!r} is not one of {list(args)}")
@@ -62,11 +64,10 @@ def _convert(tp: Any, value: Any, key: str) -> Any:
     if origin in (list, tuple):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return tuple(_convert(args[0], v, f"{key}[{i}]") for i, v in enumerate(value))
+        return tuple(_convert(args[0], v, f"{key}[{i}]", factory) for i, v in enumerate(value))
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
-        factory = getattr(tp, "from_config", None)  # a base class that picks its subclass (fan-out job blocks)
         return factory(value, key + ".") if factory else from_dict(tp, value, key + ".")
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):

@@ -3,7 +3,6 @@ the models it names, and every job of every block with a deterministic job_id, p
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -12,7 +11,7 @@ import torch
 
 from robrep.checkpoint import model_digest, model_from_meta, read_meta
 from robrep.errors import ConfigError
-from robrep.kinds import get_kind
+from robrep.kinds import block_from_config, get_kind
 from robrep.kinds.base import BlockSpec, ExpandContext, Job
 from robrep.kinds.invert import InvertSpec
 from robrep.location import absolute, exists, join, redact
@@ -30,7 +29,7 @@ class FanoutSpec:
     models: tuple[str, ...]  # model_ids in the store's models table, or robrep checkpoint folders
     split: Literal["test", "train"] = "test"
     indices: IndexSpec = field(default_factory=IndexSpec)
-    jobs: tuple[BlockSpec, ...] = (InvertSpec(),)
+    jobs: tuple[BlockSpec, ...] = field(default=(InvertSpec(),), metadata={"factory": block_from_config})
     rng_seed: int = 0  # seeds the noise starts and the choice of other-class sources
     batch_size: int = 64  # jobs per batched PGD loop
     max_in_flight: int = 4  # batches submitted and not yet committed
@@ -125,26 +124,35 @@ def judges(fan: FanoutSpec, models: dict[str, ModelRef], judge: ModelRef | None)
     return chosen
 
 
+def other_dataset(block: BlockSpec) -> str | None:
+    """The dataset a block takes its images from instead of the fan-out's split (JobKind.datasets), if any."""
+    kind = get_kind(block.kind)
+    return kind.datasets(block) if kind.datasets else None
+
+
 def expand_block(block: BlockSpec, fan: FanoutSpec, model: ModelRef, split: SplitRef, labels: np.ndarray,
-                 judge: ModelRef | None = None) -> list[Job]:
+                 judge: ModelRef | None = None, in_distribution: bool = True) -> list[Job]:
     """Every job of one block for one model, with its job_id."""
     ctx = ExpandContext(select_indices(block.indices or fan.indices, labels), labels, model.representation_dim,
                         fan.rng_seed)
-    pgd = {f: getattr(block, f) for f in ("constraint", "eps", "step_size", "steps") if hasattr(block, f)}
+    kind = get_kind(block.kind)
     common = Job(kind=block.kind, model_id=model.model_id, dataset=split.dataset, split=split.split,
-                 model_digest=model.digest, dataset_fingerprint=split.fingerprint, **pgd,
+                 model_digest=model.digest, dataset_fingerprint=split.fingerprint,
                  store_representation=block.store_representation, checkpoint=model.checkpoint,
                  dataset_path=split.path, dataset_source=split.source, image_shape=split.image_shape,
                  model_robust=model.robust, model_eps=model.eps, precision=fan.precision, compile=fan.compile,
+                 in_distribution=in_distribution,
                  judge_model_id=judge.model_id if judge else "", judge_checkpoint=judge.checkpoint if judge else "")
-    return [dataclasses.replace(common, **fields).with_id() for fields in get_kind(block.kind).expand(block, ctx)]
+    return [kind.make_job(common, block, fields) for fields in kind.expand(block, ctx)]
 
 
 def plan_jobs(fan: FanoutSpec, models: dict[str, ModelRef], split: SplitRef, labels: np.ndarray,
               judge: ModelRef | None = None, targets: dict[str, tuple[SplitRef, np.ndarray]] | None = None
               ) -> list[Job]:
     """Every job of the fan-out, deterministic, without duplicates (blocks a kind relies on come first); `judge` is
-    fanout.judge's model, where set; `targets` the (split, labels) of each invert block's targets_from."""
+    fanout.judge's model, where set; `targets` the (split, labels) of each dataset a block's kind takes its images
+    from instead of the fan-out's split (JobKind.datasets: invert's targets_from); their rows are not
+    in_distribution."""
     judge_of = judges(fan, models, judge)
     targets = targets or {}
     blocks = []
@@ -154,17 +162,18 @@ def plan_jobs(fan: FanoutSpec, models: dict[str, ModelRef], split: SplitRef, lab
     jobs: dict[str, Job] = {}
     for block in blocks:
         for name in block.models or fan.models:
-            block_split, block_labels = targets.get(getattr(block, "targets_from", None), (split, labels))
-            for job in expand_block(block, fan, models[name], block_split, block_labels, judge_of[name]):
+            other = other_dataset(block)
+            block_split, block_labels = targets[other] if other else (split, labels)
+            for job in expand_block(block, fan, models[name], block_split, block_labels, judge_of[name],
+                                    in_distribution=other is None):
                 jobs.setdefault(job.job_id, job)
     return list(jobs.values())
 
 
 def pack(jobs: list[Job], batch_size: int) -> list[list[Job]]:
-    """Group compatible jobs (same model, kind and PGD settings) into batches of at most batch_size."""
+    """Group compatible jobs (JobKind.batch_key: same model, kind, data and `batch` params) into batches of at most
+    batch_size."""
     groups: dict[tuple, list[Job]] = {}
     for job in jobs:
-        key = (job.model_id, job.kind, job.constraint, job.step_size, job.steps, job.precision, job.compile,
-               job.jitter, job.max_degrees, job.dataset_path)
-        groups.setdefault(key, []).append(job)
+        groups.setdefault(get_kind(job.kind).batch_key(job), []).append(job)
     return [group[i : i + batch_size] for group in groups.values() for i in range(0, len(group), batch_size)]

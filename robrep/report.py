@@ -16,11 +16,9 @@ import pandas as pd
 
 from robrep.figures import labelled_grid, line_chart
 from robrep.kinds import KINDS
-from robrep.kinds.base import SETTING, setting_key
+from robrep.kinds.common import in_distribution, judge_of, judged_as_target, judged_rows
 from robrep.location import absolute, join, redact, write_bytes
 from robrep.store import load_results, read_manifests, read_table
-
-MAX_ROWS = 6  # figure rows per model
 
 
 class Report:
@@ -83,11 +81,16 @@ class Report:
 
 
 def _settings(results: pd.DataFrame) -> pd.Series:
-    """Each row's block setting (robrep.kinds.base.setting_key, its kind's per-job fields left out)."""
-    names = [c for c in SETTING if c in results.columns]
-    return pd.Series([setting_key(dict(zip(names, values, strict=True)), KINDS[kind].varies if kind in KINDS else ())
-                      for kind, values in zip(results["kind"], results[names].itertuples(index=False, name=None),
-                                              strict=True)], index=results.index, dtype=object)
+    """Each row's block setting (JobKind.setting: its kind's per-job fields left out); rows of a kind this process
+    does not know have none."""
+    out = pd.Series(None, index=results.index, dtype=object)
+    for name, rows in results.groupby("kind"):
+        if name in KINDS:
+            kind = KINDS[name]
+            names = [c for c in kind.setting_names if c in rows.columns]
+            out[rows.index] = [kind.setting(dict(zip(names, values, strict=True)))
+                               for values in rows[names].itertuples(index=False, name=None)]
+    return out
 
 
 def latest_setting(results: pd.DataFrame, manifests: list[dict] | None = None) -> pd.DataFrame:
@@ -120,72 +123,21 @@ def blocks(rows: pd.DataFrame) -> list[pd.DataFrame]:
     """One kind's rows split by block setting (across models: the same block on every model is one figure)."""
     if rows.empty:
         return []
-    key = pd.Series([json.dumps([v for name, v in zip(SETTING, json.loads(k), strict=True)
+    names = KINDS[rows["kind"].iloc[0]].setting_names
+    key = pd.Series([json.dumps([v for name, v in zip(names, json.loads(k), strict=True)
                                  if name not in ("model_id", "model_digest")]) for k in _settings(rows)],
                     index=rows.index)
     return [rows[key == k] for k in sorted(key.unique())]
 
 
 def summary_table(models: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
-    """Per model: accuracies and the inversion statistics of the paper's Sec. 4.1, from invert rows.
-
-    other_class_nearer_target: the fraction of inversions started from an image of another class that end
-    nearer the target than their source in pixel L2 (the Fig. 3 observation as a number).
-    """
+    """The summary numbers: each kind's part (JobKind.summary, e.g. invert's Sec. 4.1 statistics per model and block),
+    from its rows on the models' own dataset, with the models table's latest row per model."""
     models = models.sort_values("created_at").groupby("model_id").last() if not models.empty else models
     results = in_distribution(results)
-    rows = []
-    inverted = results[results["kind"] == "invert"]
-    keys = ["model_id", *(c for c in ("steps", "step_size") if c in inverted.columns)]  # one row per block and model
-    for values, group in inverted.groupby(keys):
-        setting = dict(zip(keys, values, strict=True))
-        model_id = setting["model_id"]
-        other = group[(group["init"] == "image") & (group["source_class"] != group["target_class"])]
-        model = models.loc[model_id] if model_id in models.index else None
-        rows.append({
-            **setting,
-            "robust": bool(model["robust"]) if model is not None else None,
-            "eps": float(model["eps"]) if model is not None else None,
-            "clean_acc": float(model["clean_acc"]) if model is not None else None,
-            "adv_acc": float(model["adv_acc"]) if model is not None else None,
-            "jobs": len(group),
-            "mean_rep_dist_rel": group["rep_dist_rel"].mean(),
-            "mean_pix_dist_target": group["pix_dist_target"].mean(),
-            "other_class_nearer_target": (other["pix_dist_target"] < other["pix_dist_source"]).mean(),
-            "other_class_judged_target": _judged_as_target(other),
-            "judge_model_id": _judge(other),
-            "other_class_jobs": len(other),
-        })
-    return pd.DataFrame(rows)
-
-
-def _judged(rows: pd.DataFrame) -> pd.DataFrame:
-    """The rows a judge labelled (judge_pred >= 0) that have a target class."""
-    if "judge_pred" not in rows.columns:
-        return rows.iloc[0:0]
-    return rows[(rows["judge_pred"].fillna(-1) >= 0) & (rows["target_class"] >= 0)]
-
-
-def _judged_as_target(rows: pd.DataFrame) -> float:
-    """The fraction of judged rows whose judge labels the image as the target's class (NaN: none judged)."""
-    judged = _judged(rows)
-    return float((judged["judge_pred"] == judged["target_class"]).mean()) if len(judged) else float("nan")
-
-
-def _judge(rows: pd.DataFrame) -> str | None:
-    judged = _judged(rows)
-    return ",".join(sorted(judged["judge_model_id"].dropna().unique())) or None if len(judged) else None
-
-
-MODEL_SPLITS = ("train", "test")  # the models' own dataset; an invert block's targets_from is a split of its name
-
-
-def in_distribution(results: pd.DataFrame) -> pd.DataFrame:
-    """The rows on the models' own dataset (its train or test split): out-of-distribution targets (invert's
-    targets_from, whose split is the .beton's name) have classes the models and the judge do not know."""
-    if results.empty or "split" not in results.columns:  # rows built in memory may lack it: one dataset
-        return results
-    return results[results["split"].isin(MODEL_SPLITS)]
+    parts = [kind.summary(models, results[results["kind"] == kind.name]) for kind in KINDS.values() if kind.summary]
+    parts = [p for p in parts if p is not None and not p.empty]
+    return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame()
 
 
 def judged_table(results: pd.DataFrame) -> pd.DataFrame:
@@ -194,12 +146,12 @@ def judged_table(results: pd.DataFrame) -> pd.DataFrame:
     own dataset, from noise, gray or an image of another class (a start of the target's own class is there
     already)."""
     results = in_distribution(results)
-    judged = _judged(results[results["kind"].map(lambda k: k in KINDS and KINDS[k].judged)])
+    judged = judged_rows(results[results["kind"].map(lambda k: k in KINDS and KINDS[k].judged)])
     judged = judged[(judged["source_class"] < 0) | (judged["source_class"] != judged["target_class"])]
     rows = []
     for (model_id, kind, init, lam), group in judged.groupby(["model_id", "kind", "init", "lam"], dropna=False):
-        rows.append({"model_id": model_id, "kind": kind, "init": init, "lam": lam, "judge_model_id": _judge(group),
-                     "judged_as_target": _judged_as_target(group), "rows": len(group)})
+        rows.append({"model_id": model_id, "kind": kind, "init": init, "lam": lam, "judge_model_id": judge_of(group),
+                     "judged_as_target": judged_as_target(group), "rows": len(group)})
     return pd.DataFrame(rows)
 
 
@@ -228,8 +180,9 @@ def _summary(report: Report, results: pd.DataFrame, models: pd.DataFrame, tune: 
         report.missing_section("results", "run python -m jobs.fanout")
     else:
         report.table(results.groupby(["kind", "model_id"]).size().rename("rows").reset_index())
-        if (results["kind"] == "invert").any():
-            report.table(summary_table(models, results))
+        summary = summary_table(models, results)
+        if not summary.empty:
+            report.table(summary)
         judged = judged_table(results)
         if not judged.empty:
             report.text("Judged as target: the fraction of result images that a classifier which did not produce "
@@ -273,8 +226,8 @@ def build_report(store: str, out: str, title: str | None = None) -> Report:
         for part in parts:
             seen[_data_of(part)] += 1
             report.block = f"_{seen[_data_of(part)]}" if per_data[_data_of(part)] > 1 else ""
-            if kind.name == "regularized_visualize":  # beside direct visualization (Fig. 10)
-                kind.report(report, part, lookup, results[results["kind"] == "visualize"])
+            if kind.report_with:  # e.g. Fig. 10: regularized beside direct visualization
+                kind.report(report, part, lookup, results[results["kind"].isin(kind.report_with)])
             else:
                 kind.report(report, part, lookup)
         report.block = ""

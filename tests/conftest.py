@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = "jobs/configs/digits_smoke.yaml"
@@ -35,9 +36,10 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def run_module(module: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    """Run `python -m module args` from the repo root, as a user would; returns the finished process."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+def run_module(module: str, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m module args` from the repo root, as a user would (with `env` added to the environment);
+    returns the finished process."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     env.pop("RAY_ADDRESS", None)
     return subprocess.run(
         [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
@@ -98,3 +100,45 @@ def s3(tmp_path_factory):
             os.environ.pop(key, None)
         else:
             os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def untrained_pair(tmp_path_factory):
+    """The digits smoke data and two (untrained) small CNNs registered in a store: no Ray Train needed. Tests
+    that use it must not change it: seed_store gives a store of their own that sees its models."""
+    from datasets.beton import read_info
+    from jobs.build_dataset import build
+    from jobs.config import DataSpec
+    from robrep.checkpoint import save_checkpoint
+    from robrep.models import create_model
+    from robrep.store.commit import append_rows
+    from robrep.store.schema import MODELS_SCHEMA, now_utc, to_table
+
+    tmp = tmp_path_factory.mktemp("fanout")
+    build(DataSpec(dir=str(tmp / "data")))
+    info = read_info(tmp / "data" / "train.beton")
+    for seed, model_id in enumerate(("digits_standard", "digits_robust")):
+        torch.manual_seed(seed)
+        model = create_model("small_cnn", 10, info["mean"], info["std"], width=8)
+        meta = {"model_id": model_id, "arch": "small_cnn", "arch_kwargs": {"width": 8}, "num_classes": 10,
+                "mean": info["mean"], "std": info["std"], "robust": bool(seed), "eps": float(seed)}
+        save_checkpoint(tmp / "ckpt" / model_id, model, meta)
+        row = {"model_id": model_id, "arch": "small_cnn", "robust": bool(seed), "eps": float(seed),
+               "checkpoint": str(tmp / "ckpt" / model_id), "created_at": now_utc()}
+        append_rows(tmp / "store", "models", to_table([row], MODELS_SCHEMA), key=model_id)
+    return tmp
+
+
+def config_for(trained: Path, store: Path, **fanout) -> dict:
+    data = yaml.safe_load(Path(REPO / SMOKE).read_text())
+    data.update(store=str(store), storage_path=str(trained / "ckpt"))
+    data["data"]["dir"] = str(trained / "data")
+    data["fanout"].update(fanout)
+    return data
+
+
+def seed_store(trained: Path, tmp: Path) -> Path:
+    store = tmp / "store"
+    store.mkdir()
+    os.symlink(trained / "store" / "models", store / "models")
+    return store

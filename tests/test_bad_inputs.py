@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import REPO, SMOKE
-from test_fanout import trained  # noqa: F401
 
 pytestmark = pytest.mark.ffcv
 
@@ -143,8 +142,9 @@ def tree_digest(*folders: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def world(trained, tmp_path_factory):  # noqa: F811
+def world(untrained_pair, tmp_path_factory):
     """A good config over the fan-out fixture's data and store, and the bad files the cases name."""
+    trained = untrained_pair
     import pickle
 
     import numpy as np

@@ -11,53 +11,16 @@ import numpy as np
 import pandas as pd
 import psutil
 import pytest
-import torch
 import yaml
-from conftest import REPO
+from conftest import REPO, config_for, seed_store
 
 SMOKE = "jobs/configs/digits_smoke.yaml"
 pytestmark = pytest.mark.ffcv  # the module fixture builds the digits betons
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    """The digits smoke data and two (untrained) small CNNs registered in a store: no Ray Train needed."""
-    from datasets.beton import read_info
-    from jobs.build_dataset import build
-    from jobs.config import DataSpec
-    from robrep.checkpoint import save_checkpoint
-    from robrep.models import create_model
-    from robrep.store.commit import append_rows
-    from robrep.store.schema import MODELS_SCHEMA, now_utc, to_table
-
-    tmp = tmp_path_factory.mktemp("fanout")
-    build(DataSpec(dir=str(tmp / "data")))
-    info = read_info(tmp / "data" / "train.beton")
-    for seed, model_id in enumerate(("digits_standard", "digits_robust")):
-        torch.manual_seed(seed)
-        model = create_model("small_cnn", 10, info["mean"], info["std"], width=8)
-        meta = {"model_id": model_id, "arch": "small_cnn", "arch_kwargs": {"width": 8}, "num_classes": 10,
-                "mean": info["mean"], "std": info["std"], "robust": bool(seed), "eps": float(seed)}
-        save_checkpoint(tmp / "ckpt" / model_id, model, meta)
-        row = {"model_id": model_id, "arch": "small_cnn", "robust": bool(seed), "eps": float(seed),
-               "checkpoint": str(tmp / "ckpt" / model_id), "created_at": now_utc()}
-        append_rows(tmp / "store", "models", to_table([row], MODELS_SCHEMA), key=model_id)
-    return tmp
-
-
-def config_for(trained: Path, store: Path, **fanout) -> dict:
-    data = yaml.safe_load(Path(REPO / SMOKE).read_text())
-    data.update(store=str(store), storage_path=str(trained / "ckpt"))
-    data["data"]["dir"] = str(trained / "data")
-    data["fanout"].update(fanout)
-    return data
-
-
-def seed_store(trained: Path, tmp: Path) -> Path:
-    store = tmp / "store"
-    store.mkdir()
-    os.symlink(trained / "store" / "models", store / "models")
-    return store
+@pytest.fixture
+def trained(untrained_pair):
+    return untrained_pair
 
 
 def plan_of(config: dict):
@@ -231,9 +194,9 @@ def test_a_failing_job_is_recorded_and_the_rest_go_on():
 def test_every_registered_kind_plans_runs_and_fits_its_table(trained, tmp_path, kind):
     """Each kind of the registry, alone, through planning and the worker (in this process, no Ray)."""
     from cluster.worker import run_batch
-    from robrep.kinds import get_kind
+    from robrep.kinds import complete_rows, get_kind, table_schema
     from robrep.plan import pack
-    from robrep.store.schema import TABLES, to_table
+    from robrep.store.schema import to_table
 
     block = {"kind": kind}
     if kind in ("visualize", "manipulate", "top_activating"):
@@ -246,6 +209,14 @@ def test_every_registered_kind_plans_runs_and_fits_its_table(trained, tmp_path, 
     cache: dict = {}
     for batch in pack([j for j in jobs if j.kind == kind], 8):
         rows = run_batch(batch, cache)
-        table = to_table(rows, TABLES[get_kind(kind).table])
+        name = get_kind(kind).table
+        table = to_table(complete_rows(name, rows), table_schema(name))
         assert set(table.column("job_id").to_pylist()) == {j.job_id for j in batch}
+        by_id = {j.job_id: j for j in batch}
+        for param in get_kind(kind).params:  # each of the kind's parameters is a column with the job's value
+            values = table.column(param.name).to_pylist()
+            expected = [by_id[i].get(param.name) for i in table.column("job_id").to_pylist()]
+            if param.name == "coordinate":  # a "top" coordinate (-1 - rank) is resolved to the one it was
+                expected = [v if e < 0 else e for v, e in zip(values, expected, strict=True)]
+            assert values == pytest.approx(expected, nan_ok=True), param.name
         assert len(rows) >= len(batch)

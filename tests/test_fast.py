@@ -12,6 +12,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from robrep.experiments import noise_image
 from robrep.fast import FastModel, fold_batchnorm
+from robrep.kinds import get_kind
 from robrep.kinds.base import Job
 from robrep.models import create_model, list_models
 from robrep.objectives import Manipulation, inversion
@@ -161,9 +162,9 @@ def test_the_training_attack_runs_frozen_in_bf16_and_leaves_the_model_trainable(
 
 
 def _job(**changes) -> Job:
-    fields = dict(kind="invert", model_id="m", dataset="digits", split="test", target_index=3, init="noise",
+    fields = dict(model_id="m", dataset="digits", split="test", target_index=3, init="noise",
                   constraint="l2", eps=1000.0, step_size=0.1, steps=20)
-    return Job(**{**fields, **changes}).with_id()
+    return get_kind("invert").job(**{**fields, **changes})
 
 
 def test_precision_is_part_of_a_jobs_identity_except_fp32_whose_ids_stay_as_they_were():

@@ -8,7 +8,7 @@ import torch
 from robrep.experiments import noise_image
 from robrep.fast import FastModel
 from robrep.kinds import get_kind
-from robrep.kinds.base import BatchContext, Job
+from robrep.kinds.base import BatchContext
 from robrep.models import create_model
 from robrep.objectives import inversion
 from robrep.pgd import pgd
@@ -59,12 +59,12 @@ def test_the_invert_and_manipulate_kinds_run_on_the_gpu_in_bf16():
     images, labels = torch.rand(6, 3, 32, 32), torch.arange(6)
     ctx = BatchContext(model, FastModel(model, "cuda", "bf16"), "cuda", lambda idx: (images[idx], labels[idx]), 6, {},
                        ("model", "data"))
-    invert = [Job(kind="invert", model_id="m", dataset="d", split="test", target_index=t, source_index=(t + 1) % 6,
+    invert = [get_kind("invert").job(model_id="m", dataset="d", split="test", target_index=t, source_index=(t + 1) % 6,
                   init=init, rng_seed=t, constraint="l2", eps=1000.0, step_size=0.5, steps=20, precision="bf16")
               for t in range(6) for init in ("noise", "image")]
     rows = get_kind("invert").run(ctx, invert)
     assert len(rows) == 12 and all(r["precision"] == "bf16" and 0 <= r["rep_dist_rel"] < 1 for r in rows)
-    manipulate = [Job(kind="manipulate", model_id="m", dataset="d", split="test", source_index=s, init="image",
+    manipulate = [get_kind("manipulate").job(model_id="m", dataset="d", split="test", source_index=s, init="image",
                       coordinate=3, constraint="l2", eps=1000.0, step_size=0.5, steps=50, precision="bf16")
                   for s in range(6)]
     rows = get_kind("manipulate").run(ctx, manipulate)

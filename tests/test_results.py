@@ -117,16 +117,13 @@ def test_the_setting_run_last_is_per_block_so_a_sweep_keeps_every_radius():
     """Run 1: a sweep over six radii and an invert block (20 steps) on two models. Run 2: two invert blocks (50
     and 100 steps) and the same sweep, committed in run 1 and skipped. Kept: all of the sweep, both of run 2's
     invert blocks, none of run 1's 20-step inversions; the report draws each block apart."""
-    import dataclasses
-
-    from robrep.kinds import run_settings
-    from robrep.kinds.base import Job
+    from robrep.kinds import get_kind, run_settings
     from robrep.report import blocks, latest_setting
 
     def jobs(kind, radii=(1000.0,), steps=20, models=("m", "n")):
-        return [dataclasses.replace(Job(kind, model, "digits", "test", model_digest=f"d-{model}", constraint="l2",
-                                        step_size=0.1, steps=steps), eps=r, target_index=t, init="image",
-                                    source_index=t + 1).with_id()
+        return [get_kind(kind).job(model_id=model, dataset="digits", split="test", model_digest=f"d-{model}",
+                                   constraint="l2", step_size=0.1, steps=steps, eps=r, target_index=t, init="image",
+                                   source_index=t + 1)
                 for model in models for r in radii for t in range(3)]
 
     radii = (0.25, 0.5, 1.0, 2.0, 4.0, 8.0)

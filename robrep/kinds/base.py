@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
@@ -30,16 +31,6 @@ class BlockSpec:
     models: tuple[str, ...] = ()  # restrict this block to some of fanout.models (e.g. pairs: standard ones)
     indices: IndexSpec | None = None  # this block's images, instead of fanout.indices
     store_representation: bool = False  # also store R(x') as a list<float32> column
-
-    @classmethod
-    def from_config(cls, data: Any, where: str) -> BlockSpec:
-        """The block's kind picks its spec from the registry; the rest of the keys are that spec's."""
-        from robrep.config import from_dict
-        from robrep.kinds import get_kind, list_kinds
-
-        if not isinstance(data, dict) or "kind" not in data:
-            raise ConfigError(f"{where.rstrip('.')}: each job block needs a kind, one of {list_kinds()}")
-        return from_dict(get_kind(data["kind"]).spec, data, where)
 
     def validate(self) -> None:
         pass
@@ -63,22 +54,50 @@ class PGDBlockSpec(BlockSpec):
                 raise ConfigError(f"fanout.jobs {self.kind}: {key}={value} must be a finite number > 0")
 
 
-LATER_FIELDS = {"precision": "fp32", "jitter": 0, "max_degrees": 0.0}  # Job fields added after stores existed
+@dataclass(frozen=True)
+class Param:
+    """One parameter of a kind's jobs, declared by the kind (JobKind.params): a Job value (`job.<name>`), a column of
+    the rows it writes, and part of the job id. The results schema, Job.columns, the batch key, the block setting and
+    the job id are all derived from these declarations."""
 
-# The fields one block shares across its jobs (per model): a figure or a summary number is one such setting.
-# A kind's `varies` names those of them its block varies per job (invert_sweep: eps, its radius).
+    name: str
+    type: pa.DataType  # its results column
+    default: Any  # where unset; also its value in the rows of kinds that do not have it
+    from_block: bool = False  # the block's field of this name sets it (unless `expand` does): part of the setting
+    batch: bool = False  # jobs that differ in it cannot share one batched loop
+    later: bool = False  # added after stores existed: in the job id only when not `default`, so old ids stay
+
+
+PGD_PARAMS = (  # every PGDBlockSpec kind's
+    Param("constraint", pa.string(), None, from_block=True, batch=True),
+    Param("eps", pa.float32(), None, from_block=True),  # per job in a batch (invert_sweep's radii)
+    Param("step_size", pa.float32(), None, from_block=True, batch=True),
+    Param("steps", pa.int32(), 0, from_block=True, batch=True),
+)
+COORDINATE = Param("coordinate", pa.int32(), -1)  # of R: visualize, manipulate, regularized_visualize, top_activating
+
+# Frozen history: before kinds declared their parameters, Job was one record of every kind's fields, and every job's
+# id and block setting hashed the other kinds' fields at these values. They stay, so the ids and settings of existing
+# stores do not change; a new parameter is declared by its kind and never added here.
+UNION_DEFAULTS = {"constraint": None, "eps": None, "step_size": None, "steps": 0, "coordinate": -1, "lam": math.nan,
+                  "images_per_end": 0, "jitter": 0, "max_degrees": 0.0}
+UNION_LATER = ("jitter", "max_degrees")  # of those, the ones left out of the id at their default
+# The block setting of a job or a row, in the order existing manifests keep it; a kind's `from_block` parameters
+# that are not listed here follow, in its order. A kind's `varies` names those of them its block varies per job.
 SETTING = ("kind", "model_id", "model_digest", "dataset", "split", "constraint", "eps", "step_size", "steps",
            "precision", "jitter", "max_degrees")
+SETTING_DEFAULTS = {"precision": "fp32", **UNION_DEFAULTS}  # a row from before the column (null) had this value
 
 
-def setting_key(values, varies: tuple[str, ...] = ()) -> str:
-    """The setting of a Job or a results row (a mapping or a namedtuple's dict), as a string: floats as float32
-    (what the store keeps), per-job fields (`varies`) left out."""
+def setting_key(values, names: tuple[str, ...] = SETTING, varies: tuple[str, ...] = ()) -> str:
+    """The block setting of a job or a results row (a mapping) over `names` (JobKind.setting_names), as a string:
+    floats as float32 (what the store keeps), per-job fields (`varies`) left out."""
     parts = []
-    for name in SETTING:
+    for name in names:
         value = None if name in varies else values.get(name)
         if value is None or (isinstance(value, float) and math.isnan(value)):
-            value = None if name in varies else LATER_FIELDS.get(name)  # rows from before the column
+            value = None if name in varies else SETTING_DEFAULTS.get(name)  # rows from before the column
+            value = None if isinstance(value, float) and math.isnan(value) else value
         if isinstance(value, (float, np.floating)):
             value = f"{float(np.float32(value)):.7g}"
         elif isinstance(value, (int, np.integer)) and not isinstance(value, bool):
@@ -89,7 +108,8 @@ def setting_key(values, varies: tuple[str, ...] = ()) -> str:
 
 @dataclass(frozen=True)
 class Job:
-    """One fan-out job: what it computes (hashed into job_id) and where its model and images are."""
+    """One fan-out job: what every job has (hashed into job_id, with its kind's parameters) and where its model and
+    images are. Its kind's own parameters (JobKind.params) are in `params` and read as attributes: `job.eps`."""
 
     kind: str
     model_id: str
@@ -101,17 +121,12 @@ class Job:
     source_index: int = -1
     init: str | None = None  # noise, gray, image, interp (PGD kinds)
     rng_seed: int = 0
-    constraint: str | None = None
-    eps: float | None = None
-    step_size: float | None = None
-    steps: int = 0
-    coordinate: int = -1
-    lam: float = math.nan
-    images_per_end: int = 0  # top_activating: the k most and k least activating images
     store_representation: bool = False
     precision: str = "fp32"  # of the PGD loop (robrep/fast.py); in the job's identity unless fp32
-    jitter: int = 0  # regularized_visualize: random shift, up to this many pixels, per step (Fig. 10)
-    max_degrees: float = 0.0  # regularized_visualize: random rotation, up to this many degrees, per step
+    # Its images are the models' own dataset (False: a kind's other dataset, e.g. invert's targets_from, whose classes
+    # the models and the judge do not know). A fact of the block, recorded on each row; not part of the id.
+    in_distribution: bool = field(default=True, compare=False)
+    params: tuple[tuple[str, Any], ...] = field(default=(), compare=False)  # (name, value) per JobKind.params
     # Where things are and how fast they run: not part of the job's identity.
     checkpoint: str = field(default="", compare=False)
     dataset_path: str = field(default="", compare=False)  # the .beton on the worker's node
@@ -126,32 +141,43 @@ class Job:
     judge_checkpoint: str = field(default="", compare=False)
     job_id: str = field(default="", compare=False)
 
-    def identity(self) -> dict:
-        """The fields that change a result. Fields added later are left out at their default (precision "fp32",
-        no jitter or rotation), so the ids of the jobs run before they existed stay the same and a store keeps
-        resuming them."""
+    def __getattr__(self, name: str):
+        if name.startswith("_") or name == "params":  # unpickling looks things up before `params` exists
+            raise AttributeError(name)
+        for key, value in self.params:
+            if key == name:
+                return value
+        raise AttributeError(f"a {self.kind} job has no parameter {name!r}")
+
+    def get(self, name: str, default=None):
+        """A parameter of the job's kind, or `default` where its kind has none (e.g. steps, for every kind)."""
+        return dict(self.params).get(name, default)
+
+    def identity(self, params: tuple[Param, ...]) -> dict:
+        """The fields that change a result: the common ones, the kind's `params` and, at their frozen values, the
+        other kinds' fields of the old union record (UNION_DEFAULTS). A later field at its default (precision fp32,
+        no jitter) is left out, so the ids of jobs run before it existed stay the same and a store keeps resuming
+        them."""
         fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare}
-        for name, default in LATER_FIELDS.items():
-            if fields[name] == default:
-                del fields[name]
+        fields.update({k: v for k, v in UNION_DEFAULTS.items() if k not in UNION_LATER})
+        own = dict(self.params)
+        for p in params:
+            if not (p.later and own[p.name] == p.default):
+                fields[p.name] = own[p.name]
+        if fields["precision"] == "fp32":
+            del fields["precision"]
         return fields
 
-    def with_id(self) -> Job:
-        canonical = json.dumps(self.identity(), sort_keys=True)
+    def with_id(self, params: tuple[Param, ...]) -> Job:
+        canonical = json.dumps(self.identity(params), sort_keys=True)
         return dataclasses.replace(self, job_id=hashlib.sha256(canonical.encode()).hexdigest()[:24])
 
-    def setting(self, varies: tuple[str, ...] = ()) -> str:
-        """The block setting this job belongs to (setting_key; `varies`: its kind's)."""
-        return setting_key({name: getattr(self, name) for name in SETTING}, varies)
-
     def columns(self) -> dict:
-        """The job's own columns of a result row."""
-        names = ("kind", "model_id", "dataset", "split", "target_index", "source_index", "init", "rng_seed",
-                 "constraint", "eps", "step_size", "steps", "coordinate", "lam", "job_id", "model_robust", "model_eps",
-                 "model_digest", "dataset_fingerprint", "precision", "judge_model_id", "jitter", "max_degrees")
-        columns = {name: getattr(self, name) for name in names}
-        columns["judge_model_id"] = self.judge_model_id or None
-        return columns
+        """The job's own columns of a result row: what every job has, and its kind's parameters."""
+        names = ("kind", "model_id", "dataset", "split", "target_index", "source_index", "init", "rng_seed", "job_id",
+                 "model_robust", "model_eps", "model_digest", "dataset_fingerprint", "precision", "in_distribution")
+        return {**{name: getattr(self, name) for name in names}, "judge_model_id": self.judge_model_id or None,
+                **dict(self.params)}
 
 
 @dataclass(frozen=True)
@@ -188,15 +214,54 @@ class BatchContext:
 
 @dataclass(frozen=True)
 class JobKind:
-    """One kind of fan-out job, registered in robrep/kinds/__init__.py."""
+    """One kind of fan-out job, registered in robrep/kinds/__init__.py (or by robrep.kinds.register)."""
 
     name: str
     spec: type[BlockSpec]  # its config block, validated at the door
-    expand: Callable[[BlockSpec, ExpandContext], list[dict]]  # block -> the varying Job fields of each job
+    expand: Callable[[BlockSpec, ExpandContext], list[dict]]  # block -> the varying fields and params of each job
     run: Callable[[BatchContext, list[Job]], list[dict]]  # a batch of compatible jobs -> rows of `table`
+    params: tuple[Param, ...] = ()  # its jobs' own parameters (PGD kinds: PGD_PARAMS first)
     table: str = "results"
-    report: Callable | None = None  # (Report, rows, image lookup) -> None: its section of jobs.report
+    report: Callable | None = None  # (Report, rows, image lookup, rows of `report_with`) -> None: its section
+    report_with: tuple[str, ...] = ()  # kinds whose rows its report section also receives (Fig. 10: visualize)
+    summary: Callable | None = None  # (models, rows) -> a DataFrame: its part of the summary numbers, or None
+    datasets: Callable[[BlockSpec], str | None] | None = None  # block -> another dataset its targets come from
     needs: Callable[[BlockSpec], list[BlockSpec]] | None = None  # blocks of other kinds its jobs rely on
     tunable: bool = False  # jobs.tune's inversion step_size / steps apply (`--from-tune`)
-    varies: tuple[str, ...] = ()  # SETTING fields its blocks vary per job (invert_sweep: eps)
+    varies: tuple[str, ...] = ()  # from_block params its blocks vary per job (invert_sweep: eps, its radius)
     judged: bool = False  # a judge's label of its images means something (they aim at a target's class)
+
+    @property
+    def setting_names(self) -> tuple[str, ...]:
+        """The fields of its block setting (SETTING, then its own from_block params that SETTING lacks)."""
+        return SETTING + tuple(p.name for p in self.params if p.from_block and p.name not in SETTING)
+
+    def setting(self, values) -> str:
+        """The block setting of a job (its fields and params) or a results row (a mapping)."""
+        return setting_key(values, self.setting_names, self.varies)
+
+    def batch_key(self, job: Job) -> tuple:
+        """Jobs with equal keys run in one batched loop: same model, data, precision and `batch` params."""
+        own = dict(job.params)
+        return (job.model_id, job.kind, job.dataset_path, job.precision, job.compile,
+                *(own[p.name] for p in self.params if p.batch))
+
+    def make_job(self, common: Job, block: BlockSpec, fields: dict) -> Job:
+        """A job of this kind: `common` with one `expand` result's fields; params from `fields`, else the block's
+        field of that name (from_block), else the declared default."""
+        names = {p.name for p in self.params}
+        own = {p.name: fields.get(p.name, getattr(block, p.name) if p.from_block else p.default) for p in self.params}
+        rest = {k: v for k, v in fields.items() if k not in names}
+        job = dataclasses.replace(common, **rest, params=tuple((p.name, own[p.name]) for p in self.params))
+        return job.with_id(self.params)
+
+    def job(self, **fields) -> Job:
+        """A job of this kind from its fields and params by name (unset params at their defaults), with its id."""
+        names = {p.name for p in self.params}
+        own = tuple((p.name, fields.get(p.name, p.default)) for p in self.params)
+        return Job(kind=self.name, **{k: v for k, v in fields.items() if k not in names}, params=own).with_id(
+            self.params)
+
+    def job_values(self, job: Job) -> dict:
+        """A job's fields and params as one mapping (for `setting`)."""
+        return {**{f.name: getattr(job, f.name) for f in dataclasses.fields(job)}, **dict(job.params)}

@@ -1,16 +1,21 @@
-"""Helpers of the PGD kinds: gather a batch's images, build its starts, run one batched PGD loop, make rows."""
+"""What several kinds share: gather a batch's images, build its starts, run one batched PGD loop, make rows, seed
+an image slot, expand coordinates."""
 
 from __future__ import annotations
 
 import math
 
+import pandas as pd
 import torch
 
 from robrep.experiments import measure, noise_image
 from robrep.figures import encode_png
-from robrep.kinds.base import BatchContext, Job
+from robrep.kinds.base import BatchContext, ExpandContext, Job
 from robrep.objectives import inversion
 from robrep.pgd import PGDResult, pgd
+from robrep.selection import select_coordinates
+
+MAX_ROWS = 6  # figure rows per model, in every kind's report section
 
 
 class BatchImages:
@@ -113,3 +118,55 @@ def result_row(job: Job, out: dict, i: int, label_of: dict[int, int], coordinate
         row.update(coordinate=coordinate, activation=float(rep[coordinate]),
                    activation_rank=int((rep > rep[coordinate]).sum()))
     return row
+
+
+def slot_seed(fanout_seed: int, index: int) -> int:
+    """The rng_seed of image slot `index` (its noise start), derived from fanout.rng_seed."""
+    return fanout_seed * 1_000_003 + index
+
+
+def expand_coordinates(block, ctx: ExpandContext) -> list[dict]:
+    """One job per (start, coordinate); a gray start is the same for every image, so it is used once."""
+    coordinates = select_coordinates(block.coordinates, ctx.representation_dim)
+    jobs = []
+    for t in ctx.indices:
+        for init in block.inits:
+            if init == "gray" and t != ctx.indices[0]:
+                continue
+            jobs += [{"source_index": t if init == "image" else -1, "init": init, "coordinate": c,
+                      "rng_seed": slot_seed(ctx.rng_seed, t)} for c in coordinates]
+    return jobs
+
+
+def judged_rows(rows: pd.DataFrame) -> pd.DataFrame:
+    """The rows a judge labelled (judge_pred >= 0) that have a target class."""
+    if "judge_pred" not in rows.columns:
+        return rows.iloc[0:0]
+    return rows[(rows["judge_pred"].fillna(-1) >= 0) & (rows["target_class"] >= 0)]
+
+
+def judged_as_target(rows: pd.DataFrame) -> float:
+    """The fraction of judged rows whose judge labels the image as the target's class (NaN: none judged)."""
+    judged = judged_rows(rows)
+    return float((judged["judge_pred"] == judged["target_class"]).mean()) if len(judged) else float("nan")
+
+
+def judge_of(rows: pd.DataFrame) -> str | None:
+    judged = judged_rows(rows)
+    return ",".join(sorted(judged["judge_model_id"].dropna().unique())) or None if len(judged) else None
+
+
+MODEL_SPLITS = ("train", "test")  # rows written before in_distribution: the models' own dataset had these splits
+
+
+def in_distribution(results: pd.DataFrame) -> pd.DataFrame:
+    """The rows on the models' own dataset (each row's in_distribution, set by the plan: False for a kind's other
+    dataset, such as invert's targets_from, whose classes the models and the judge do not know). Rows written before
+    the column: by split, train or test (another dataset's split is its .beton's name)."""
+    if results.empty or "split" not in results.columns:  # rows built in memory may lack it: one dataset
+        return results
+    by_split = results["split"].isin(MODEL_SPLITS)
+    if "in_distribution" not in results.columns:
+        return results[by_split]
+    declared = results["in_distribution"]
+    return results[declared.where(declared.notna(), by_split).astype(bool)]

@@ -3,15 +3,16 @@ pixel-space mix. Report: one strip of lam values per image pair (Fig. 12)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
+import pyarrow as pa
 import torch
 
 from robrep.errors import ConfigError
-from robrep.kinds.base import BatchContext, ExpandContext, Job, JobKind, PGDBlockSpec
-from robrep.kinds.common import BatchImages, run_inversion, target_representations
-from robrep.kinds.invert import slot_seed
+from robrep.kinds.base import PGD_PARAMS, BatchContext, ExpandContext, Job, JobKind, Param, PGDBlockSpec
+from robrep.kinds.common import MAX_ROWS, BatchImages, run_inversion, slot_seed, target_representations
 from robrep.objectives import interpolation_lams, interpolation_targets
 from robrep.selection import other_class_source
 
@@ -43,8 +44,6 @@ def run(ctx: BatchContext, jobs: list[Job]) -> list[dict]:
 
 
 def report(report, rows, lookup: dict) -> None:
-    from robrep.report import MAX_ROWS
-
     if not report.section("Interpolation (Fig. 12)", rows, "interpolate rows",
                           "add a {kind: interpolate} block"):
         return
@@ -60,4 +59,7 @@ def report(report, rows, lookup: dict) -> None:
                 "Fig. 12: inverting lambda R(x1) + (1 - lambda) R(x2); lambda = 0 is the other image")
 
 
-KIND = JobKind("interpolate", InterpolateSpec, expand, run, report=report, tunable=True, judged=True)
+LAM = Param("lam", pa.float32(), math.nan)  # of Eq. 6: the target is lam R(x_t) + (1 - lam) R(x_s)
+
+KIND = JobKind("interpolate", InterpolateSpec, expand, run, params=(*PGD_PARAMS, LAM), report=report, tunable=True,
+               judged=True)

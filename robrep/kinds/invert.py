@@ -6,8 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from robrep.kinds.base import ExpandContext, JobKind, PGDBlockSpec
-from robrep.kinds.common import run_towards_targets
+import pandas as pd
+
+from robrep.kinds.base import PGD_PARAMS, ExpandContext, JobKind, PGDBlockSpec
+from robrep.kinds.common import MAX_ROWS, in_distribution, judge_of, judged_as_target, run_towards_targets, slot_seed
 from robrep.names import check_name
 from robrep.selection import other_class_source
 
@@ -26,11 +28,6 @@ class InvertSpec(PGDBlockSpec):
             check_name(self.targets_from, "fanout.jobs invert.targets_from")
 
 
-def slot_seed(fanout_seed: int, index: int) -> int:
-    """The rng_seed of image slot `index` (its noise start), derived from fanout.rng_seed."""
-    return fanout_seed * 1_000_003 + index
-
-
 def expand(block: InvertSpec, ctx: ExpandContext) -> list[dict]:
     return [{"target_index": t, "init": init, "rng_seed": slot_seed(ctx.rng_seed, t),
              "source_index": other_class_source(ctx.labels, t, ctx.rng_seed) if init == "image" else -1}
@@ -39,8 +36,6 @@ def expand(block: InvertSpec, ctx: ExpandContext) -> list[dict]:
 
 
 def report(report, rows, lookup: dict) -> None:
-    from robrep.report import MAX_ROWS, in_distribution
-
     inside = in_distribution(rows)  # the models' own dataset; the rest came from targets_from
     models = sorted(rows["model_id"].unique())
     for dataset, outside in rows.drop(inside.index).groupby("dataset"):
@@ -74,8 +69,6 @@ def _report_inside(report, rows, lookup: dict, models: list[str], max_rows: int)
 
 def report_outside(report, rows, lookup: dict, models: list[str], dataset: str) -> None:
     """Fig. 6 (right): inversions of images from outside the models' training distribution, per start."""
-    from robrep.report import MAX_ROWS
-
     for init, part in rows.groupby("init"):
         cells, labels = [], []
         for t in sorted(part["target_index"].unique())[:MAX_ROWS]:
@@ -88,4 +81,36 @@ def report_outside(report, rows, lookup: dict, models: list[str], dataset: str) 
                     f"Fig. 6 (right): inverting images from outside the training distribution ({dataset}), from {init}")
 
 
-KIND = JobKind("invert", InvertSpec, expand, run_towards_targets, report=report, tunable=True, judged=True)
+def summary(models: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
+    """Per model and block (steps, step_size): accuracies and the inversion statistics of the paper's Sec. 4.1.
+    models: the models table, one row per model_id (index).
+
+    other_class_nearer_target: the fraction of inversions started from an image of another class that end
+    nearer the target than their source in pixel L2 (the Fig. 3 observation as a number).
+    """
+    out = []
+    keys = ["model_id", *(c for c in ("steps", "step_size") if c in rows.columns)]  # one row per block and model
+    for values, group in rows.groupby(keys):
+        setting = dict(zip(keys, values, strict=True))
+        model_id = setting["model_id"]
+        other = group[(group["init"] == "image") & (group["source_class"] != group["target_class"])]
+        model = models.loc[model_id] if model_id in models.index else None
+        out.append({
+            **setting,
+            "robust": bool(model["robust"]) if model is not None else None,
+            "eps": float(model["eps"]) if model is not None else None,
+            "clean_acc": float(model["clean_acc"]) if model is not None else None,
+            "adv_acc": float(model["adv_acc"]) if model is not None else None,
+            "jobs": len(group),
+            "mean_rep_dist_rel": group["rep_dist_rel"].mean(),
+            "mean_pix_dist_target": group["pix_dist_target"].mean(),
+            "other_class_nearer_target": (other["pix_dist_target"] < other["pix_dist_source"]).mean(),
+            "other_class_judged_target": judged_as_target(other),
+            "judge_model_id": judge_of(other),
+            "other_class_jobs": len(other),
+        })
+    return pd.DataFrame(out)
+
+
+KIND = JobKind("invert", InvertSpec, expand, run_towards_targets, params=PGD_PARAMS, report=report, tunable=True,
+               judged=True, datasets=lambda block: block.targets_from, summary=summary)

@@ -7,9 +7,8 @@ from dataclasses import dataclass
 from typing import Literal
 
 from robrep.errors import ConfigError
-from robrep.kinds.base import ExpandContext, JobKind, PGDBlockSpec
-from robrep.kinds.common import run_towards_targets
-from robrep.kinds.invert import slot_seed
+from robrep.kinds.base import PGD_PARAMS, ExpandContext, JobKind, PGDBlockSpec
+from robrep.kinds.common import run_towards_targets, slot_seed
 from robrep.selection import other_class_source
 
 
@@ -47,5 +46,5 @@ def report(report, rows, lookup: dict) -> None:
     report.table(curve.pivot(index="eps", columns="model_id", values="rep_dist_rel").reset_index())
 
 
-KIND = JobKind("invert_sweep", InvertSweepSpec, expand, run_towards_targets, report=report, tunable=True,
-               varies=("eps",))
+KIND = JobKind("invert_sweep", InvertSweepSpec, expand, run_towards_targets, params=PGD_PARAMS, report=report,
+               tunable=True, varies=("eps",))

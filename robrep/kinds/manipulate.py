@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from robrep.kinds.base import BatchContext, Job, JobKind, PGDBlockSpec
-from robrep.kinds.common import run_coordinates
-from robrep.kinds.visualize import expand_coordinates
+from robrep.kinds.base import COORDINATE, PGD_PARAMS, BatchContext, Job, JobKind, PGDBlockSpec
+from robrep.kinds.common import MAX_ROWS, expand_coordinates, run_coordinates
 from robrep.objectives import Manipulation
 from robrep.selection import CoordinateSpec
 
@@ -25,8 +24,6 @@ def run(ctx: BatchContext, jobs: list[Job]) -> list[dict]:
 
 
 def report(report, rows, lookup: dict) -> None:
-    from robrep.report import MAX_ROWS
-
     if not report.section("Feature manipulation (Fig. 11)", rows, "manipulate rows",
                           "add a {kind: manipulate} block"):
         return
@@ -45,4 +42,4 @@ def report(report, rows, lookup: dict) -> None:
                 "Fig. 11: the feature added until it exceeds every other coordinate")
 
 
-KIND = JobKind("manipulate", ManipulateSpec, expand_coordinates, run, report=report)
+KIND = JobKind("manipulate", ManipulateSpec, expand_coordinates, run, params=(*PGD_PARAMS, COORDINATE), report=report)

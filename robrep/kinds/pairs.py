@@ -6,9 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from robrep.kinds.base import ExpandContext, JobKind, PGDBlockSpec
-from robrep.kinds.common import run_towards_targets
-from robrep.kinds.invert import slot_seed
+from robrep.kinds.base import PGD_PARAMS, ExpandContext, JobKind, PGDBlockSpec
+from robrep.kinds.common import MAX_ROWS, run_towards_targets, slot_seed
 from robrep.selection import other_class_source
 
 
@@ -24,8 +23,6 @@ def expand(block: PairsSpec, ctx: ExpandContext) -> list[dict]:
 
 
 def report(report, rows, lookup: dict) -> None:
-    from robrep.report import MAX_ROWS
-
     if not report.section("Pairs: one representation, two images (Sec. 2)", rows, "pairs rows",
                           "add a {kind: pairs} block"):
         return
@@ -40,4 +37,5 @@ def report(report, rows, lookup: dict) -> None:
                     "while it stays near the source in pixels")
 
 
-KIND = JobKind("pairs", PairsSpec, expand, run_towards_targets, report=report, tunable=True, judged=True)
+KIND = JobKind("pairs", PairsSpec, expand, run_towards_targets, params=PGD_PARAMS, report=report, tunable=True,
+               judged=True)

@@ -8,12 +8,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import pyarrow as pa
 import torch
 
 from robrep.errors import ConfigError
-from robrep.kinds.base import BatchContext, JobKind, PGDBlockSpec
-from robrep.kinds.common import run_coordinates
-from robrep.kinds.visualize import expand_coordinates
+from robrep.kinds.base import COORDINATE, PGD_PARAMS, BatchContext, JobKind, Param, PGDBlockSpec
+from robrep.kinds.common import MAX_ROWS, expand_coordinates, run_coordinates
 from robrep.objectives import regularized_visualization
 from robrep.selection import CoordinateSpec
 
@@ -35,11 +35,6 @@ class RegularizedVisualizeSpec(PGDBlockSpec):
                               f"and max_degrees={self.max_degrees} within [0, {MAX_DEGREES}]")
 
 
-def expand(block: RegularizedVisualizeSpec, ctx) -> list[dict]:
-    return [{**job, "jitter": block.jitter, "max_degrees": block.max_degrees}
-            for job in expand_coordinates(block, ctx)]
-
-
 def run(ctx: BatchContext, jobs) -> list[dict]:
     """One generator on the device, seeded by the batch's first job, draws every step's shifts and rotations."""
     first = jobs[0]
@@ -53,8 +48,6 @@ def run(ctx: BatchContext, jobs) -> list[dict]:
 
 
 def report(report, rows, lookup: dict, direct=None) -> None:
-    from robrep.report import MAX_ROWS
-
     if not report.section("Regularized vs direct visualization (Fig. 10)", rows, "regularized_visualize rows",
                           "add a {kind: regularized_visualize, models: [<standard>]} block beside a visualize block"):
         return
@@ -77,4 +70,8 @@ def report(report, rows, lookup: dict, direct=None) -> None:
                 f"Fig. 10: the same coordinates maximised directly and with jitter and rotation; columns: {order}")
 
 
-KIND = JobKind("regularized_visualize", RegularizedVisualizeSpec, expand, run, report=report)
+PARAMS = (*PGD_PARAMS, COORDINATE,
+          Param("jitter", pa.int32(), 0, from_block=True, batch=True, later=True),  # pixels of shift per step
+          Param("max_degrees", pa.float32(), 0.0, from_block=True, batch=True, later=True))  # degrees of rotation
+KIND = JobKind("regularized_visualize", RegularizedVisualizeSpec, expand_coordinates, run, params=PARAMS,
+               report=report, report_with=("visualize",))

@@ -7,9 +7,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+import pyarrow as pa
+
 from robrep.errors import ConfigError
 from robrep.figures import encode_png
-from robrep.kinds.base import BatchContext, BlockSpec, ExpandContext, Job, JobKind
+from robrep.kinds.base import COORDINATE, BatchContext, BlockSpec, ExpandContext, Job, JobKind, Param
 from robrep.kinds.representations import RepresentationsSpec
 from robrep.selection import CoordinateSpec, select_coordinates
 
@@ -75,4 +77,6 @@ def report(report, rows, lookup: dict) -> None:
                     f"Fig. 8, {model_id}: the {k} most (left) and {k} least (right) activating test images")
 
 
-KIND = JobKind("top_activating", TopActivatingSpec, expand, run, report=report, needs=needs)
+IMAGES_PER_END = Param("images_per_end", pa.int32(), 0)  # k: the k most and k least activating images
+KIND = JobKind("top_activating", TopActivatingSpec, expand, run, params=(COORDINATE, IMAGES_PER_END), report=report,
+               needs=needs)

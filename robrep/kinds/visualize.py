@@ -6,11 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from robrep.kinds.base import BatchContext, ExpandContext, Job, JobKind, PGDBlockSpec
-from robrep.kinds.common import run_coordinates
-from robrep.kinds.invert import slot_seed
+from robrep.kinds.base import COORDINATE, PGD_PARAMS, BatchContext, Job, JobKind, PGDBlockSpec
+from robrep.kinds.common import MAX_ROWS, expand_coordinates, run_coordinates
 from robrep.objectives import visualization
-from robrep.selection import CoordinateSpec, select_coordinates
+from robrep.selection import CoordinateSpec
 
 
 @dataclass(frozen=True)
@@ -20,26 +19,11 @@ class VisualizeSpec(PGDBlockSpec):
     coordinates: CoordinateSpec = field(default_factory=CoordinateSpec)
 
 
-def expand_coordinates(block, ctx: ExpandContext) -> list[dict]:
-    """One job per (start, coordinate); a gray start is the same for every image, so it is used once."""
-    coordinates = select_coordinates(block.coordinates, ctx.representation_dim)
-    jobs = []
-    for t in ctx.indices:
-        for init in block.inits:
-            if init == "gray" and t != ctx.indices[0]:
-                continue
-            jobs += [{"source_index": t if init == "image" else -1, "init": init, "coordinate": c,
-                      "rng_seed": slot_seed(ctx.rng_seed, t)} for c in coordinates]
-    return jobs
-
-
 def run(ctx: BatchContext, jobs: list[Job]) -> list[dict]:
     return run_coordinates(ctx, jobs, visualization)
 
 
 def report(report, rows, lookup: dict) -> None:
-    from robrep.report import MAX_ROWS
-
     if not report.section("Feature visualization (Fig. 7)", rows, "visualize rows",
                           "add a {kind: visualize} block"):
         return
@@ -58,4 +42,4 @@ def report(report, rows, lookup: dict) -> None:
                     f"Fig. 7, {model_id}: each row maximises the columns' coordinates from the same start")
 
 
-KIND = JobKind("visualize", VisualizeSpec, expand_coordinates, run, report=report)
+KIND = JobKind("visualize", VisualizeSpec, expand_coordinates, run, params=(*PGD_PARAMS, COORDINATE), report=report)

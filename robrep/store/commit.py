@@ -93,13 +93,14 @@ def commit_part(root: str | Path, table_name: str, table: pa.Table, partition: d
     return final
 
 
-def commit_rows(root: str | Path, table_name: str, rows: list[dict], job_ids: list[str], durable: bool = True
-                ) -> str:
+def commit_rows(root: str | Path, table_name: str, rows: list[dict], job_ids: list[str], durable: bool = True,
+                schema: pa.Schema | None = None) -> str:
     """Commit one batch's rows to a partitioned table (results, representations), named after its job ids.
-    Every row of a batch shares the partition values (one kind, one model)."""
+    Every row of a batch shares the partition values (one kind, one model). `schema`: the table's with its kinds'
+    parameter columns (robrep.kinds.table_schema); default the table's own."""
     partition = {column: rows[0][column] for column in PARTITIONS[table_name]}
-    return commit_part(root, table_name, to_table(rows, TABLES[table_name]), partition, part_name(job_ids),
-                       durable)
+    table = to_table(rows, schema or TABLES[table_name])
+    return commit_part(root, table_name, table, partition, part_name(job_ids), durable)
 
 
 def append_rows(root: str | Path, table_name: str, table: pa.Table, key: str) -> str:

@@ -30,6 +30,15 @@ class TableScan:
     parts: list[str] = field(default_factory=list)
     damaged: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
     temporary: list[str] = field(default_factory=list)  # hidden temp files of an unfinished or killed commit
+    extra: dict[str, pa.DataType] = field(default_factory=dict)  # columns of kinds' parameters (EXTENSIBLE tables)
+
+
+EXTENSIBLE = ("results",)  # tables whose parts may carry more columns: the parameters their kinds declare
+
+
+def read_schema(table: str, scan: TableScan) -> pa.Schema:
+    """The table's schema with the extra columns its parts carry (a kind's parameters)."""
+    return pa.schema([*TABLES[table], *(pa.field(name, tp) for name, tp in scan.extra.items())])
 
 
 def _expected_schema(table: str) -> pa.Schema:
@@ -60,10 +69,16 @@ def scan_table(root: str | Path, table: str) -> TableScan:
         except (pa.ArrowInvalid, OSError) as e:
             scan.damaged.append((info.path, f"unreadable: {e}"))
             continue
-        strangers = [f.name for f in schema if f.name not in expected.names or expected.field(f.name).type != f.type]
-        if strangers:  # columns a part of an older version lacks read as null; foreign or mistyped ones do not
+        # Columns a part of an older version lacks read as null; foreign or mistyped ones do not. A part of an
+        # EXTENSIBLE table may add columns (its kind's parameters), each with one type across the table.
+        extra = {f.name: f.type for f in schema if f.name not in expected.names and table in EXTENSIBLE}
+        strangers = [f.name for f in schema if (f.name in expected.names and expected.field(f.name).type != f.type)
+                     or (f.name not in expected.names and f.name not in extra)
+                     or f.type != scan.extra.get(f.name, f.type)]
+        if strangers:
             scan.damaged.append((info.path, f"columns {strangers[:5]} are not this table's"))
             continue
+        scan.extra.update(extra)
         scan.parts.append(info.path)
     return scan
 
@@ -97,21 +112,22 @@ def read_table(root: str | Path, table: str, filters: list | None = None, column
             quarantine(root, path, reason)
     if not scan.parts:
         frame = TABLES[table].empty_table().to_pandas()
-        return frame[columns] if columns else frame
+        return frame.reindex(columns=columns) if columns else frame
     # Partition values are strings, read back exactly as written: no type guessing (model_id 007 stays "007").
     partitioning = pads.HivePartitioning(pa.schema([(c, pa.string()) for c in PARTITIONS.get(table, ())]),
                                          segment_encoding="none")
-    dataset = pads.dataset(scan.parts, schema=TABLES[table], filesystem=fs, format="parquet",
+    schema = read_schema(table, scan)
+    dataset = pads.dataset(scan.parts, schema=schema, filesystem=fs, format="parquet",
                            partitioning=partitioning, partition_base_dir=scan.folder)
     keys = ROW_KEYS.get(table, ())
     wanted = None if columns is None else list(dict.fromkeys([*columns, *keys, "created_at"]))
-    wanted = None if wanted is None else [c for c in wanted if c in TABLES[table].names]
+    wanted = None if wanted is None else [c for c in wanted if c in schema.names]
     expression = pq.filters_to_expression(filters) if filters else None
     frame = dataset.to_table(filter=expression, columns=wanted).to_pandas()
     if keys and frame.duplicated(list(keys)).any():
         frame = frame.sort_values("created_at", kind="stable").drop_duplicates(list(keys), keep="last")
         frame = frame.sort_index()
-    return frame[columns].reset_index(drop=True) if columns else frame.reset_index(drop=True)
+    return frame.reindex(columns=columns).reset_index(drop=True) if columns else frame.reset_index(drop=True)
 
 
 def load_results(root: str | Path, filters: list | None = None, columns: list[str] | None = None,

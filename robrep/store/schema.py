@@ -9,6 +9,9 @@ from datetime import datetime, timezone
 
 import pyarrow as pa
 
+# The columns every results row has. Each kind's own parameters (constraint, eps, step_size, steps, coordinate,
+# lam, ...) are columns too, declared by the kind (robrep.kinds.table_schema adds them); readers take them from
+# the part files, so a store reads whole in any process, with or without the kinds that wrote it.
 RESULTS_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),
@@ -23,12 +26,6 @@ RESULTS_SCHEMA = pa.schema(
         ("source_index", pa.int64()),
         ("init", pa.string()),
         ("rng_seed", pa.int64()),
-        ("constraint", pa.string()),
-        ("eps", pa.float32()),
-        ("step_size", pa.float32()),
-        ("steps", pa.int32()),
-        ("coordinate", pa.int32()),
-        ("lam", pa.float32()),
         ("rep_dist", pa.float32()),
         ("rep_dist_rel", pa.float32()),
         ("pix_dist_target", pa.float32()),
@@ -51,10 +48,9 @@ RESULTS_SCHEMA = pa.schema(
         ("model_digest", pa.string()),  # sha256 of the weights that produced the row
         ("dataset_fingerprint", pa.string()),  # sha256 of the .beton its images came from
         ("precision", pa.string()),  # of the PGD loop: fp32 | bf16 (null in rows written before it existed: fp32)
-        ("jitter", pa.int32()),  # regularized_visualize: pixels of random shift per step (0: none)
-        ("max_degrees", pa.float32()),  # regularized_visualize: degrees of random rotation per step (0: none)
         ("judge_model_id", pa.string()),  # the classifier that labelled image_png (fanout.judge); null: none
         ("judge_pred", pa.int32()),  # its label of image_png, the stored 8-bit image; -1 without a judge
+        ("in_distribution", pa.bool_()),  # the models' own dataset (False: e.g. invert's targets_from; null: older)
     ]
 )
 
