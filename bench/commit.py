@@ -22,8 +22,8 @@ from fanout import setup  # noqa: E402
 
 from cluster.worker import run_batch  # noqa: E402
 from jobs.fanout import plan  # noqa: E402
-from robrep.kinds import get_kind  # noqa: E402
-from robrep.plan import pack  # noqa: E402
+from robrep.fanout.plan import pack  # noqa: E402
+from robrep.fanout.registry import get_kind  # noqa: E402
 from robrep.store.commit import commit_rows  # noqa: E402
 
 

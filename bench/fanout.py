@@ -29,9 +29,9 @@ from jobs.build_dataset import build  # noqa: E402
 from jobs.config import DataSpec, ExperimentConfig  # noqa: E402
 from jobs.fanout import plan  # noqa: E402
 from robrep.checkpoint import save_checkpoint  # noqa: E402
-from robrep.config import from_dict  # noqa: E402
+from robrep.core.config import from_dict  # noqa: E402
+from robrep.fanout.plan import pack  # noqa: E402
 from robrep.models import create_model  # noqa: E402
-from robrep.plan import pack  # noqa: E402
 from robrep.store.commit import append_rows  # noqa: E402
 from robrep.store.schema import MODELS_SCHEMA, now_utc, to_table  # noqa: E402
 

@@ -23,10 +23,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cluster.specs import TrainSpec  # noqa: E402
 from datasets.beton import make_loader, read_info, write_beton  # noqa: E402
 from datasets.sources import digits  # noqa: E402
 from robrep.models import create_model  # noqa: E402
-from robrep.train import AttackSpec, ModelSpec, train_step  # noqa: E402
+from robrep.train import AttackSpec, train_step  # noqa: E402
 
 
 def plain_epochs(path: Path, seconds: float, attack: AttackSpec | None) -> tuple[float, int]:
@@ -63,7 +64,7 @@ def ray_epochs(path: Path, test: Path, epochs: int, tmp: Path) -> float:
 
     info = read_info(path)
     connect(None, num_cpus=2)
-    spec = ModelSpec(model_id="bench", arch="small_cnn", epochs=epochs, batch_size=64, lr=0.05, weight_decay=0.0,
+    spec = TrainSpec(model_id="bench", arch="small_cnn", epochs=epochs, batch_size=64, lr=0.05, weight_decay=0.0,
                      lr_milestones=(1000,), augment="none", padding=0, eval_every=1000, eval_max_images=1,
                      num_workers=1, cpus_per_worker=2)
     run = TrainRun(spec, info["num_classes"], tuple(info["mean"]), tuple(info["std"]), str(path), str(test),

@@ -9,7 +9,7 @@ import os
 import ray
 
 # A local Ray stays on loopback. 127.0.0.1 as node address is silently replaced by the external one,
-# 127.0.0.2 is left alone (shared/PITFALLS.md); the dashboard listens on 127.0.0.1.
+# 127.0.0.2 is left alone; the dashboard listens on 127.0.0.1.
 LOCAL_NODE_IP = "127.0.0.2"
 DASHBOARD_HOST = "127.0.0.1"
 

@@ -1,9 +1,9 @@
 """Where Ray Train and Ray Tune keep their runs: `storage_path` as a path or a URI, on the same pyarrow
-filesystem (endpoint, credentials) as robrep's store (robrep.location)."""
+filesystem (endpoint, credentials) as robrep's store (robrep.core.location)."""
 
 from __future__ import annotations
 
-from robrep.location import filesystem, is_uri
+from robrep.core.location import filesystem, is_uri
 
 
 def storage_options(location: str) -> dict:

@@ -25,17 +25,17 @@ import torch.distributed as dist
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer, get_device, prepare_model
 
+from cluster.specs import TrainSpec
 from cluster.storage import storage_options
 from datasets.beton import make_loader, read_info
 from datasets.stage import stage
 from robrep.augment import SEEDED, augment, epoch_generator
-from robrep.location import join, write_bytes
+from robrep.core.location import join, write_bytes
 from robrep.models import create_model
 from robrep.store.commit import append_rows
 from robrep.store.schema import TRAIN_METRICS_SCHEMA, now_utc, to_table
 from robrep.train import (
     AttackSpec,
-    ModelSpec,
     count_correct,
     make_optimizer,
     make_scheduler,
@@ -50,7 +50,7 @@ STATE_FILE = "state.pt"
 class TrainRun:
     """Everything a Ray Train worker needs: the model's spec and where its data, store and audit live."""
 
-    spec: ModelSpec
+    spec: TrainSpec
     num_classes: int
     mean: tuple[float, ...]  # per-channel normalisation, from the dataset's sidecar
     std: tuple[float, ...]

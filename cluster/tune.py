@@ -19,11 +19,11 @@ from cluster.storage import storage_options
 from datasets.beton import read_indices
 from datasets.stage import stage
 from robrep.checkpoint import load_checkpoint
+from robrep.core.faults import fault_point
+from robrep.core.location import join
 from robrep.experiments import tuning_problem
 from robrep.fast import FastModel
-from robrep.location import join
 from robrep.pgd import pgd
-from robrep.store.commit import fault_point
 
 
 @dataclass(frozen=True)

@@ -12,9 +12,9 @@ import torch
 from datasets.beton import read_all, read_indices, read_info
 from datasets.stage import stage
 from robrep.checkpoint import load_checkpoint
+from robrep.fanout.job import BatchContext, Job
+from robrep.fanout.registry import get_kind
 from robrep.fast import FastModel
-from robrep.kinds import get_kind
-from robrep.kinds.base import BatchContext, Job
 
 IN_MEMORY_BYTES = 512 * 2**20  # a split smaller than this (as float32) is read once and kept in memory
 
@@ -59,7 +59,7 @@ def judge(rows: list[dict], model: torch.nn.Module, on: str) -> None:
     """The judge's label of each row's stored image (the 8-bit PNG a user sees), in judge_pred."""
     import numpy as np
 
-    from robrep.figures import decode_png
+    from robrep.images import decode_png
     from robrep.models import input_channels
 
     images = torch.from_numpy(np.stack([decode_png(row["image_png"]) for row in rows])).permute(0, 3, 1, 2)

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from robrep.errors import DataError
-from robrep.location import file_digest
+from robrep.core.errors import DataError
+from robrep.core.location import file_digest
 
 _TORCH_THREADS = torch.get_num_threads()  # `import ffcv` sets torch to 1 thread; restore it afterwards
 try:

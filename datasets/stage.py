@@ -13,8 +13,8 @@ import json
 from pathlib import Path
 
 from datasets.beton import sidecar_path
-from robrep.errors import DataError, StorageError
-from robrep.location import copy_file, read_bytes, redact, write_bytes
+from robrep.core.errors import DataError, StorageError
+from robrep.core.location import copy_file, read_bytes, redact, write_bytes
 
 
 def _sidecar(location: str) -> str:

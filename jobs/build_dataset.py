@@ -18,8 +18,8 @@ from pathlib import Path
 
 from jobs.common import Alias, run_entry_point
 from jobs.config import BuildSpec, DataSpec, ExperimentConfig
-from robrep.errors import DataError
-from robrep.location import redact
+from robrep.core.errors import DataError
+from robrep.core.location import redact
 
 DEFAULT_AUGMENT = {"digits": "none", "cifar10": "crop_flip", "imagefolder": "rrc_flip",
                    "restricted_imagenet": "rrc_flip", "synthetic": "none"}

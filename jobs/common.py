@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from jobs.config import ExperimentConfig, load_config
-from robrep.errors import ConfigError, RobrepError
+from robrep.core.errors import ConfigError, RobrepError
 
 
 @dataclass(frozen=True)

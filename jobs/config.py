@@ -2,7 +2,8 @@
 
 Unknown keys, wrong types and bad values raise ConfigError before Ray or any worker starts. The sections'
 types live where their values are used: ModelSpec and AttackSpec in robrep/train.py, FanoutSpec in
-robrep/plan.py, each job kind's block in robrep/kinds/; the entry points' own sections live here.
+robrep/fanout/plan.py, each job kind's block in robrep/fanout/kinds/, their Ray settings in cluster/specs.py
+(TrainSpec, FanoutRunSpec); the entry points' own sections live here.
 """
 
 from __future__ import annotations
@@ -15,14 +16,14 @@ from typing import Literal
 
 import yaml
 
-from robrep.config import from_dict, load_yaml
-from robrep.errors import ConfigError, StorageError
-from robrep.kinds import KINDS
-from robrep.location import check, is_uri, join, parent, read_bytes, redact
-from robrep.names import check_name
-from robrep.plan import FanoutSpec
-from robrep.selection import IndexSpec
-from robrep.train import AttackSpec, ModelSpec
+from cluster.specs import FanoutRunSpec, TrainSpec
+from robrep.core.config import from_dict, load_yaml
+from robrep.core.errors import ConfigError, StorageError
+from robrep.core.location import check, is_uri, join, parent, read_bytes, redact
+from robrep.core.names import check_name
+from robrep.fanout.registry import KINDS
+from robrep.fanout.selection import IndexSpec
+from robrep.train import AttackSpec
 
 MAX_IMAGES = 100_000_000
 
@@ -220,8 +221,8 @@ class ExperimentConfig:
     report_dir: str | None = None  # the report's folder (default: `report` beside a local store, else in storage_path)
     ray: RaySpec = RaySpec()
     data: DataSpec = field(default_factory=DataSpec)
-    train: tuple[ModelSpec, ...] = ()
-    fanout: FanoutSpec | None = None
+    train: tuple[TrainSpec, ...] = ()
+    fanout: FanoutRunSpec | None = None
     tune: TuneSpec | None = None
     evaluate: EvaluateSpec | None = None
     build: BuildSpec | None = None
@@ -290,7 +291,7 @@ def load_config(path: str | Path | None, overrides: list[str] = (), from_tune: s
                 values: dict | None = None) -> ExperimentConfig:
     """The config file (none: start empty, for entry points whose flags say everything), then the `--set`
     overrides, then `values` ({dotted key: value}, from flags), then a jobs.tune result; validated."""
-    from robrep.config import apply_overrides, set_value
+    from robrep.core.config import apply_overrides, set_value
 
     data = load_yaml(path) if path else {}
     apply_overrides(data, list(overrides))

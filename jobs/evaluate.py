@@ -20,9 +20,9 @@ from pathlib import Path
 
 from jobs.common import Alias, git_sha, run_entry_point
 from jobs.config import ExperimentConfig
-from robrep.errors import ConfigError
-from robrep.location import absolute, join, parent, redact
-from robrep.names import check_name
+from robrep.core.errors import ConfigError
+from robrep.core.location import absolute, join, parent, redact
+from robrep.core.names import check_name
 
 ALIASES = (
     Alias("--model", "evaluate.model", help="a model_id in the store"),

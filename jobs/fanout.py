@@ -2,7 +2,7 @@
 
     ray job submit --working-dir . -- python -m jobs.fanout --config jobs/configs/digits.yaml
 
-Kinds (fanout.jobs, robrep/kinds/): invert (Eq. 4), invert_sweep (Fig. 4), pairs (Sec. 2), visualize
+Kinds (fanout.jobs, robrep/fanout/kinds/): invert (Eq. 4), invert_sweep (Fig. 4), pairs (Sec. 2), visualize
 (Eq. 5), manipulate (4.2.1), interpolate (Eq. 6), top_activating (Fig. 8), representations.
 A rerun skips committed jobs; a failing job goes to the `failures` table and the run goes on.
 """
@@ -17,12 +17,12 @@ import uuid
 
 from jobs.common import git_sha, run_entry_point
 from jobs.config import ExperimentConfig
-from robrep.config import to_plain
-from robrep.errors import ConfigError, DataError
-from robrep.kinds import complete_rows, get_kind, run_settings, table_schema
-from robrep.kinds.base import Job
-from robrep.location import redact, redact_all
-from robrep.plan import SplitRef, other_dataset, pack, plan_jobs, resolve_model
+from robrep.core.config import to_plain
+from robrep.core.errors import ConfigError, DataError
+from robrep.core.location import redact, redact_all
+from robrep.fanout.job import Job
+from robrep.fanout.plan import SplitRef, other_dataset, pack, plan_jobs, resolve_model
+from robrep.fanout.registry import complete_rows, get_kind, run_settings, table_schema
 from robrep.store import committed_job_ids, read_table
 from robrep.store.commit import append_rows, commit_rows, write_manifest
 from robrep.store.lease import StoreLease
@@ -96,7 +96,7 @@ def store_images(root: str, jobs: list[Job]) -> int:
     """Commit the dataset images the jobs refer to (targets and sources) to the `images` table, once each,
     so figures can show them from the store alone. Returns how many were added."""
     from datasets.beton import read_indices
-    from robrep.figures import encode_png
+    from robrep.images import encode_png
 
     added = 0
     for dataset, split, path in sorted({(j.dataset, j.split, j.dataset_path) for j in jobs}):

@@ -17,7 +17,7 @@ from jobs.common import run_entry_point
 from jobs.config import ExperimentConfig
 from jobs.fanout import run_fanout
 from jobs.train import train_all
-from robrep.location import redact
+from robrep.core.location import redact
 from robrep.report import build_report, current_results, judged_table, summary_table
 from robrep.store import read_table
 

@@ -3,7 +3,7 @@
     python -m jobs.report --store runs/digits/store --out runs/digits/report
     python -m jobs.report --config jobs/configs/digits.yaml          # the experiment's store; out: <store>/../report
 
-Sections: the models table (paper Table 4/5), then one section per job kind (robrep/kinds/: Fig. 3/6, 4,
+Sections: the models table (paper Table 4/5), then one section per job kind (robrep/fanout/kinds/: Fig. 3/6, 4,
 Sec. 2, 7, 11, 12, 8), tuning trials, and the summary numbers. A section whose rows are not in the store
 says so and what to run; an empty store gives a report of such notes.
 """
@@ -20,7 +20,7 @@ ALIASES = (
 
 
 def main(config: ExperimentConfig) -> None:
-    from robrep.location import redact
+    from robrep.core.location import redact
     from robrep.report import build_report
 
     report = build_report(config.store_root, config.report_root)

@@ -15,8 +15,8 @@ import time
 
 from jobs.common import Alias, run_entry_point
 from jobs.config import ExperimentConfig
-from robrep.errors import ConfigError
-from robrep.location import filesystem, redact
+from robrep.core.errors import ConfigError
+from robrep.core.location import filesystem, redact
 from robrep.store.read import open_failures, quarantine, read_table, scan_table
 from robrep.store.schema import TABLES
 

@@ -15,16 +15,16 @@ import time
 
 import torch
 
+from cluster.specs import TrainSpec
 from jobs.common import git_sha, run_entry_point
 from jobs.config import ExperimentConfig
 from robrep.checkpoint import model_digest, read_meta, save_checkpoint
-from robrep.errors import CheckpointError, DataError
-from robrep.location import join, redact
+from robrep.core.errors import CheckpointError, DataError
+from robrep.core.location import join, redact
 from robrep.models import create_model
 from robrep.store import find_model, read_table
 from robrep.store.commit import append_rows
 from robrep.store.schema import MODELS_SCHEMA, now_utc, to_table
-from robrep.train import ModelSpec
 
 
 def final_checkpoint_dir(config: ExperimentConfig, model_id: str) -> str:
@@ -57,7 +57,7 @@ class EpochProgress:
     """A progress bar of one training run's epochs (loss, accuracies), fed by the train_metrics rows that
     rank 0 commits to the store: it works wherever the workers run."""
 
-    def __init__(self, store: str, spec: ModelSpec, every_s: float = 2.0):
+    def __init__(self, store: str, spec: TrainSpec, every_s: float = 2.0):
         self.store, self.spec, self.every_s = store, spec, every_s
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._poll, daemon=True)
@@ -89,7 +89,7 @@ class EpochProgress:
                              clean=f"{last['clean_acc']:.3f}", adv=f"{last['adv_acc']:.3f}")
 
 
-def train_one(config: ExperimentConfig, spec: ModelSpec) -> dict:
+def train_one(config: ExperimentConfig, spec: TrainSpec) -> dict:
     from cluster.train import TrainRun, fit
     from datasets.beton import channels, read_info
 

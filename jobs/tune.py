@@ -19,10 +19,10 @@ import yaml
 
 from jobs.common import git_sha, run_entry_point
 from jobs.config import ExperimentConfig
-from robrep.config import to_plain
-from robrep.errors import ConfigError
-from robrep.location import check, join, redact, write_bytes
-from robrep.selection import select_indices
+from robrep.core.config import to_plain
+from robrep.core.errors import ConfigError
+from robrep.core.location import check, join, redact, write_bytes
+from robrep.fanout.selection import select_indices
 from robrep.store import find_model
 from robrep.store.commit import append_rows
 from robrep.store.schema import TUNE_TRIALS_SCHEMA, now_utc, to_table

@@ -13,15 +13,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from robrep.errors import CheckpointError, ConfigError, StorageError
-from robrep.location import absolute, digest_bytes, join, read_bytes, redact, write_bytes
+from robrep.core.errors import CheckpointError, ConfigError, StorageError
+from robrep.core.location import absolute, digest_bytes, join, read_bytes, redact, write_bytes
 from robrep.models import create_model
 
 REQUIRED_META = ("arch", "num_classes", "mean", "std")
 
 
 def save_checkpoint(directory: str | Path, model: nn.Module, meta: dict) -> str:
-    """Write model.pt then meta.json to a folder at a path or URI. Each is written whole (robrep.location), and
+    """Write model.pt then meta.json to a folder at a path or URI. Each is written whole (robrep.core.location), and
     meta.json, which names the weights' digest, comes last: a reader never pairs it with other weights."""
     missing = [k for k in REQUIRED_META if k not in meta]
     if missing:

@@ -1,6 +1,6 @@
-"""The building blocks of representation experiments: the paper's noise start, one inversion, the
+"""The building blocks of representation experiments: the paper's noise start, the
 measurements every result row carries, R(x) of a whole split, and the problems jobs.tune searches over.
-The fan-out's job kinds (robrep/kinds/) are built from these."""
+The fan-out's job kinds (robrep/fanout/kinds/) are built from these."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from robrep.objectives import inversion
-from robrep.pgd import pgd
 
 GetImages = Callable[[list[int]], tuple[torch.Tensor, torch.Tensor]]  # indices -> (x (B,C,H,W) in [0,1], y (B,))
 
@@ -20,24 +19,6 @@ def noise_image(shape: tuple[int, ...], rng_seed: int, device: str | torch.devic
     generator on `device` (so the same seed gives the same image on every device of one type)."""
     generator = torch.Generator(device=device).manual_seed(rng_seed)
     return (torch.randn(shape, generator=generator, device=device) / 20 + 0.5).clamp(0, 1)
-
-
-def invert(
-    model: nn.Module,
-    targets: torch.Tensor,
-    x0: torch.Tensor,
-    *,
-    eps: float | torch.Tensor,
-    step_size: float | torch.Tensor,
-    steps: int,
-    constraint: str = "l2",
-) -> dict[str, torch.Tensor]:
-    """Eq. 4 from x0 (B,C,H,W) towards R(targets); see `_measure` for what it returns."""
-    model.eval()
-    with torch.no_grad():
-        target_rep = model.representation(targets)
-    result = pgd(inversion(model, target_rep), x0, eps=eps, step_size=step_size, steps=steps, constraint=constraint)
-    return measure(model, result, x0, targets, target_rep)
 
 
 def measure(model, result, x0, targets, target_rep) -> dict[str, torch.Tensor]:

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from robrep.errors import ConfigError
+from robrep.core.errors import ConfigError
 from robrep.models import input_channels
 
 PRECISIONS = ("fp32", "bf16")

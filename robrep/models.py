@@ -14,7 +14,7 @@ import torchvision
 from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
-from robrep.errors import ConfigError
+from robrep.core.errors import ConfigError
 
 
 class _FakeReLU(torch.autograd.Function):
@@ -27,10 +27,6 @@ class _FakeReLU(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
         return grad
-
-
-def fake_relu(x: torch.Tensor) -> torch.Tensor:
-    return _FakeReLU.apply(x)
 
 
 class Normalize(nn.Module):

@@ -73,17 +73,8 @@ def untargeted_ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return -F.cross_entropy(logits, labels, reduction="none")
 
 
-def targeted_ce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """CE(logits, t): minimising it pushes the prediction to class t. (B, K) -> (B,)."""
-    return F.cross_entropy(logits, targets, reduction="none")
-
-
 def untargeted_attack(model: nn.Module, labels: torch.Tensor) -> LossFn:
     return lambda x: untargeted_ce_loss(model(x), labels)
-
-
-def targeted_attack(model: nn.Module, targets: torch.Tensor) -> LossFn:
-    return lambda x: targeted_ce_loss(model(x), targets)
 
 
 def _rotate_shift(x: torch.Tensor, radians: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

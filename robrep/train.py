@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robrep.errors import ConfigError
+from robrep.core.errors import ConfigError
+from robrep.core.names import check_name
 from robrep.fast import autocast, eval_mode, frozen
 from robrep.models import list_models
-from robrep.names import check_name
 from robrep.objectives import untargeted_ce_loss
 from robrep.pgd import pgd
 
@@ -68,7 +68,8 @@ class AttackSpec:
 @dataclass(frozen=True)
 class ModelSpec:
     """One model to train (an entry of the config's `train:` list). Standard when `attack` is absent;
-    robust (adversarially trained, paper A.3) otherwise."""
+    robust (adversarially trained, paper A.3) otherwise. Its Ray Train settings (num_workers, ...) are
+    cluster.specs.TrainSpec's."""
 
     model_id: str
     arch: str = "small_cnn"
@@ -103,12 +104,6 @@ class ModelSpec:
     eval_max_images: int | None = None  # evaluate during training on the first n test images (None: all)
     precision: Literal["fp32", "bf16"] = "fp32"  # of the attack and the forward pass (bf16 autocast); GPU presets: bf16
     compile: bool = False  # torch.compile the model for the training step and the attack (`compile: on`)
-    num_workers: int = 2
-    use_gpu: bool = False
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 1.0  # with use_gpu
-    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
-    max_failures: int = 0  # worker-group restarts from the last checkpoint before the run fails
     audit: bool = False  # each rank records its labels, pid and weight hash per epoch under <storage>/audit
 
     def validate(self) -> None:
@@ -118,7 +113,7 @@ class ModelSpec:
         if self.depth < 0:
             raise ConfigError(f"train {self.model_id}: depth={self.depth} must be >= 1 (stages), or 0 (as many as "
                               "halve the image down to pool pixels a side)")
-        for key in ("epochs", "batch_size", "num_workers", "width", "pool", "eval_every", "checkpoint_every"):
+        for key in ("epochs", "batch_size", "width", "pool", "eval_every", "checkpoint_every"):
             if getattr(self, key) < 1:
                 raise ConfigError(f"train {self.model_id}: {key}={getattr(self, key)} must be >= 1")
         if self.arch != "small_cnn" and (self.width, self.depth, self.pool) != (32, 3, 1):
@@ -129,12 +124,8 @@ class ModelSpec:
                               "fraction of training), and needs an attack")
         if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0) or not 0 <= self.momentum < 1:
             raise ConfigError(f"train {self.model_id}: need weight_decay >= 0 and 0 <= momentum < 1")
-        if self.batch_size < self.num_workers:
-            raise ConfigError(f"train {self.model_id}: batch_size {self.batch_size} < num_workers {self.num_workers}")
-        if not (math.isfinite(self.lr) and self.lr > 0) or not 0 <= self.label_smoothing < 1 \
-                or self.warmup_epochs < 0 or self.max_failures < 0:
-            raise ConfigError(f"train {self.model_id}: need lr > 0, 0 <= label_smoothing < 1, warmup_epochs >= 0, "
-                              "max_failures >= 0")
+        if not (math.isfinite(self.lr) and self.lr > 0) or not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0:
+            raise ConfigError(f"train {self.model_id}: need lr > 0, 0 <= label_smoothing < 1 and warmup_epochs >= 0")
 
     @property
     def arch_kwargs(self) -> dict:

@@ -7,7 +7,7 @@ import torch
 from datasets.beton import make_loader, read_all, read_info, write_beton
 from datasets.digits import load_digits_rgb, split_indices
 from datasets.sources import _array_source
-from robrep.errors import DataError
+from robrep.core.errors import DataError
 
 pytestmark = pytest.mark.ffcv
 
@@ -30,7 +30,7 @@ def test_digits_round_trip_labels_and_pixels(tmp_path):
 def test_a_grey_dataset_reads_as_one_channel_and_its_pngs_are_grey(tmp_path):
     """digits is grey: its sidecar says channels 1, its loaders give (B, 1, H, W), a result image is a grey PNG."""
     from datasets.sources import digits
-    from robrep.figures import decode_png, encode_png
+    from robrep.images import decode_png, encode_png
 
     path = write_beton(tmp_path / "g.beton", digits(16, "test"))
     info = read_info(path)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from robrep.checkpoint import load_checkpoint, save_checkpoint
-from robrep.errors import CheckpointError
+from robrep.core.errors import CheckpointError
 from robrep.models import create_model
 
 META = {"arch": "small_cnn", "arch_kwargs": {"width": 8}, "num_classes": 10, "mean": [0.1] * 3, "std": [0.2] * 3}
@@ -55,7 +55,7 @@ class Payload:
 LOAD_IN_A_CHILD = """
 import sys
 from robrep.checkpoint import {fn}
-from robrep.errors import CheckpointError
+from robrep.core.errors import CheckpointError
 try:
     {fn}(*sys.argv[1:2], *(["small_cnn", 10] if "{fn}" == "import_robustness_checkpoint" else []))
 except CheckpointError as e:
@@ -78,7 +78,7 @@ def load_in_a_child(fn: str, path) -> str:
 
 
 def match_digest(folder) -> None:
-    from robrep.location import file_digest
+    from robrep.core.location import file_digest
 
     meta = json.loads((folder / "meta.json").read_text())
     meta["digest"] = file_digest(folder / "model.pt")

@@ -138,7 +138,7 @@ def test_the_smoke_pipeline_runs_on_nodes_that_share_only_s3(cluster):
     assert len(pd.read_parquet(f"{root}/store/evaluations")) == 1
     assert len(pd.read_parquet(f"{root}/store/tune_trials")) == 4
     from jobs.config import load_config  # --from-tune reads the tuned settings from S3
-    from robrep.location import read_bytes
+    from robrep.core.location import read_bytes
 
     tuned = load_config(SMOKE, from_tune=f"{root}/tune_best.yaml")
     best = yaml.safe_load(read_bytes(f"{root}/tune_best.yaml"))

@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 
 from jobs.config import load_config
-from robrep.config import apply_overrides
-from robrep.errors import ConfigError
+from robrep.core.config import apply_overrides
+from robrep.core.errors import ConfigError
 
 SMOKE = "jobs/configs/digits_smoke.yaml"
 
@@ -110,7 +110,7 @@ def test_bad_set_values_are_one_clear_error(raw, message):
 
 
 def test_every_job_kind_block_is_parsed_by_its_own_spec():
-    from robrep.kinds import KINDS
+    from robrep.fanout.registry import KINDS
 
     for name, kind in KINDS.items():
         config = load_config(SMOKE, [f"fanout.jobs=[{{kind: {name}}}]"])

@@ -26,7 +26,7 @@ def trained(untrained_pair):
 def plan_of(config: dict):
     from jobs.config import ExperimentConfig
     from jobs.fanout import plan
-    from robrep.config import from_dict
+    from robrep.core.config import from_dict
 
     return plan(from_dict(ExperimentConfig, config))
 
@@ -49,8 +49,8 @@ def test_expansion_is_deterministic_and_covers_every_kind(trained, tmp_path):
 
 
 def test_index_selection_modes():
-    from robrep.errors import DataError
-    from robrep.selection import IndexSpec, select_indices
+    from robrep.core.errors import DataError
+    from robrep.fanout.selection import IndexSpec, select_indices
 
     labels = np.repeat(np.arange(5), 10)
     assert select_indices(IndexSpec("first", 3), labels) == [0, 1, 2]
@@ -190,12 +190,12 @@ def test_a_failing_job_is_recorded_and_the_rest_go_on():
     assert len(failed) == 1 and failed[0][0] == 5 and "job 5 is broken" in failed[0][1]
 
 
-@pytest.mark.parametrize("kind", __import__("robrep.kinds", fromlist=["list_kinds"]).list_kinds())
+@pytest.mark.parametrize("kind", __import__("robrep.fanout.registry", fromlist=["list_kinds"]).list_kinds())
 def test_every_registered_kind_plans_runs_and_fits_its_table(trained, tmp_path, kind):
     """Each kind of the registry, alone, through planning and the worker (in this process, no Ray)."""
     from cluster.worker import run_batch
-    from robrep.kinds import complete_rows, get_kind, table_schema
-    from robrep.plan import pack
+    from robrep.fanout.plan import pack
+    from robrep.fanout.registry import complete_rows, get_kind, table_schema
     from robrep.store.schema import to_table
 
     block = {"kind": kind}

@@ -11,13 +11,13 @@ from conftest import SMOKE, store_overrides
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from robrep.experiments import noise_image
+from robrep.fanout.job import Job
+from robrep.fanout.plan import pack
+from robrep.fanout.registry import get_kind
 from robrep.fast import FastModel, fold_batchnorm
-from robrep.kinds import get_kind
-from robrep.kinds.base import Job
 from robrep.models import create_model, list_models
 from robrep.objectives import Manipulation, inversion
 from robrep.pgd import STOP_CHECK_EVERY, pgd
-from robrep.plan import pack
 from robrep.train import AttackSpec, adversarial_examples, train_step
 
 MEAN, STD = [0.3, 0.3, 0.3], [0.4, 0.4, 0.4]

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from robrep.experiments import noise_image
+from robrep.fanout.job import BatchContext
+from robrep.fanout.registry import get_kind
 from robrep.fast import FastModel
-from robrep.kinds import get_kind
-from robrep.kinds.base import BatchContext
 from robrep.models import create_model
 from robrep.objectives import inversion
 from robrep.pgd import pgd

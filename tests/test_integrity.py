@@ -14,7 +14,7 @@ import torch
 from conftest import SMOKE, run_module, store_overrides
 from test_fanout import config_for, many_jobs, parts, plan_of, run_fanout_cli, seed_store, trained, wait_for  # noqa: F401
 
-from robrep.errors import ConfigError
+from robrep.core.errors import ConfigError
 
 
 @pytest.mark.ray
@@ -150,7 +150,7 @@ def test_job_ids_change_with_the_weights_and_the_data(trained, tmp_path):  # noq
 
 
 def test_credentials_in_a_uri_are_redacted_everywhere_they_are_shown():
-    from robrep.location import redact, redact_all
+    from robrep.core.location import redact, redact_all
 
     assert redact("s3://AKIA123:s3cr3t@bucket/robrep/store") == "s3://***@bucket/robrep/store"
     assert redact("s3://bucket/store?access_key=AKIA&secret_key=s3cr3t&region=eu") == \

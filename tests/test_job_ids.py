@@ -6,9 +6,9 @@ import hashlib
 import numpy as np
 import pytest
 
-from robrep.config import from_dict
-from robrep.kinds import KINDS, complete_rows, get_kind, run_settings, table_schema
-from robrep.plan import FanoutSpec, ModelRef, SplitRef, pack, plan_jobs
+from robrep.core.config import from_dict
+from robrep.fanout.plan import FanoutSpec, ModelRef, SplitRef, pack, plan_jobs
+from robrep.fanout.registry import KINDS, complete_rows, get_kind, run_settings, table_schema
 
 MODELS = {"rob": ModelRef("rob", "/ck/rob", True, 1.2, 16, "a" * 64),
           "std": ModelRef("std", "/ck/std", False, 0.0, 16, "b" * 64)}

@@ -1,4 +1,4 @@
-"""Locations: one module (robrep/location.py) reads and writes whole files at a path or a URI; checkpoints, the
+"""Locations: one module (robrep/core/location.py) reads and writes whole files at a path or a URI; checkpoints, the
 report and Tune's output go through it; FFCV data is staged from a URI to each node's local folder."""
 
 import json
@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from robrep.checkpoint import load_checkpoint, read_meta, save_checkpoint
-from robrep.errors import ConfigError
-from robrep.location import check, copy_file, exists, join, parent, read_bytes, write_bytes
+from robrep.core.errors import ConfigError
+from robrep.core.location import check, copy_file, exists, join, parent, read_bytes, write_bytes
 from robrep.models import create_model
 
 
@@ -56,7 +56,7 @@ def test_files_and_checkpoints_on_s3(s3):
 def test_staging_copies_a_split_once_per_node_and_again_when_it_changes(tmp_path, s3):
     from datasets.beton import sidecar_path
     from datasets.stage import stage, upload
-    from robrep.errors import DataError
+    from robrep.core.errors import DataError
 
     _, bucket = s3
     built = tmp_path / "built" / "train.beton"

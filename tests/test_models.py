@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from robrep.errors import ConfigError
+from robrep.core.errors import ConfigError
 from robrep.models import create_model, list_models
 
 WIDTHS = {"small_cnn": 128, "cifar_resnet18": 512, "cifar_resnet50": 2048, "resnet18": 512, "resnet50": 2048,

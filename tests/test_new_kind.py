@@ -16,12 +16,12 @@ import torch
 import yaml
 from conftest import REPO, config_for, run_module, seed_store
 
-from robrep.errors import ConfigError
+from robrep.core.errors import ConfigError
 from robrep.experiments import noise_image
-from robrep.figures import encode_png
-from robrep.kinds import register
-from robrep.kinds.base import BatchContext, BlockSpec, ExpandContext, Job, JobKind, Param
-from robrep.kinds.common import BatchImages, slot_seed
+from robrep.fanout.job import BatchContext, BlockSpec, ExpandContext, Job, JobKind, Param
+from robrep.fanout.kinds.common import BatchImages, slot_seed
+from robrep.fanout.registry import register
+from robrep.images import encode_png
 
 
 @dataclass(frozen=True)

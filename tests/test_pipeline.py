@@ -282,7 +282,7 @@ def test_every_result_image_is_judged_by_the_other_model(trained_pair):
     import torch
 
     from robrep.checkpoint import load_checkpoint
-    from robrep.figures import decode_png
+    from robrep.images import decode_png
     from robrep.report import judged_table, summary_table
     from robrep.store import load_results, read_table
 

@@ -117,7 +117,7 @@ def test_the_setting_run_last_is_per_block_so_a_sweep_keeps_every_radius():
     """Run 1: a sweep over six radii and an invert block (20 steps) on two models. Run 2: two invert blocks (50
     and 100 steps) and the same sweep, committed in run 1 and skipped. Kept: all of the sweep, both of run 2's
     invert blocks, none of run 1's 20-step inversions; the report draws each block apart."""
-    from robrep.kinds import get_kind, run_settings
+    from robrep.fanout.registry import get_kind, run_settings
     from robrep.report import blocks, latest_setting
 
     def jobs(kind, radii=(1000.0,), steps=20, models=("m", "n")):

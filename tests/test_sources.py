@@ -12,7 +12,7 @@ from PIL import Image
 
 from datasets import sources
 from datasets.beton import make_loader, read_all, read_indices, read_info, write_beton
-from robrep.errors import DataError
+from robrep.core.errors import DataError
 
 pytestmark = pytest.mark.ffcv
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import torch
 
-from robrep.figures import decode_png, encode_png
+from robrep.images import decode_png, encode_png
 from robrep.store import committed_job_ids, read_table
 from robrep.store.commit import commit_part, part_name
 from robrep.store.schema import RESULTS_SCHEMA, now_utc, to_table
@@ -69,7 +69,7 @@ def test_a_filesystem_uri_root_works_like_a_path(tmp_path):
 
 
 def test_query_helper_decodes_images_and_builds_a_grid(tmp_path):
-    from robrep.figures import image_grid
+    from robrep.report.figures import image_grid
     from robrep.store import load_results
 
     commit_part(tmp_path, "results", to_table(make_rows(["a", "b", "c"]), RESULTS_SCHEMA),

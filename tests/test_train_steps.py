@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from robrep.errors import ConfigError
+from robrep.core.errors import ConfigError
 from robrep.models import create_model
 from robrep.train import AttackSpec, adversarial_examples, evaluate, train_step
 

@@ -51,7 +51,7 @@ def test_two_nodes_read_disjoint_data_and_end_with_identical_weights(tmp_path):
     from jobs.config import ExperimentConfig
     from jobs.train import train_all
     from robrep.checkpoint import load_checkpoint
-    from robrep.config import from_dict
+    from robrep.core.config import from_dict
     from robrep.train import AttackSpec, evaluate
 
     config = from_dict(ExperimentConfig, experiment(tmp_path, placement_strategy="STRICT_SPREAD", num_workers=2))

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 
-from robrep.errors import RobrepError
-from robrep.location import filesystem
+from robrep.core.errors import RobrepError
+from robrep.core.location import filesystem, write_atomic
 
 LEASE = "_lease.json"
 HEARTBEAT_S = 10.0
@@ -88,12 +88,8 @@ class StoreLease:
 
     def _write(self, exclusive: bool) -> bool:
         data = json.dumps({**self.record, "heartbeat": _now()}).encode()
-        if not self.local:
-            with self.fs.open_output_stream(self.path) as out:
-                out.write(data)
-            return True
-        Path(self.path).parent.mkdir(parents=True, exist_ok=True)
-        if exclusive:
+        if exclusive and self.local:  # only one driver's create succeeds
+            Path(self.path).parent.mkdir(parents=True, exist_ok=True)
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
@@ -103,10 +99,7 @@ class StoreLease:
                 out.flush()
                 os.fsync(out.fileno())
             return True
-        tmp = f"{self.path}.{self.run_id}.tmp"
-        with open(tmp, "wb") as out:
-            out.write(data)
-        os.replace(tmp, self.path)
+        write_atomic(self.fs, self.path, lambda out: out.write(data), durable=False)
         return True
 
     def _try_acquire(self) -> bool:

@@ -18,7 +18,7 @@ import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from robrep.location import filesystem, redact
+from robrep.core.location import filesystem, redact
 from robrep.store.schema import PARTITIONS, QUARANTINE, ROW_KEYS, TABLES
 
 
@@ -33,6 +33,7 @@ class TableScan:
     extra: dict[str, pa.DataType] = field(default_factory=dict)  # columns of kinds' parameters (EXTENSIBLE tables)
 
 
+MODEL_SPLITS = ("train", "test")  # the splits of the models' own dataset
 EXTENSIBLE = ("results",)  # tables whose parts may carry more columns: the parameters their kinds declare
 
 
@@ -132,15 +133,20 @@ def read_table(root: str | Path, table: str, filters: list | None = None, column
 
 def load_results(root: str | Path, filters: list | None = None, columns: list[str] | None = None,
                  decode_images: bool = False) -> pd.DataFrame:
-    """The results table with filters; decode_images=True adds an `image` column of (H, W, 3) uint8 arrays.
-    Rows written before the `precision` column existed ran in fp32, and read so."""
-    from robrep.figures import decode_png
+    """The results table with filters, normalised: every reader of results (the report, the summaries, a notebook)
+    uses this one. decode_images=True adds an `image` column of (H, W, 3) uint8 arrays. Rows written before a
+    column existed read as what they were: fp32 `precision`, no judge (`judge_pred` -1), `in_distribution` when
+    their split is train or test (another dataset's split is its .beton's name)."""
+    from robrep.images import decode_png
 
     frame = read_table(root, "results", filters, columns)
     if "precision" in frame.columns:
         frame["precision"] = frame["precision"].fillna("fp32")
-    if "judge_pred" in frame.columns:  # rows written before the judge existed: not judged
+    if "judge_pred" in frame.columns:
         frame["judge_pred"] = frame["judge_pred"].fillna(-1).astype("int32")
+    if "in_distribution" in frame.columns and "split" in frame.columns:
+        known = frame["in_distribution"]
+        frame["in_distribution"] = known.where(known.notna(), frame["split"].isin(MODEL_SPLITS)).astype(bool)
     if decode_images:
         frame["image"] = [decode_png(b) for b in frame["image_png"]]
     return frame
@@ -164,7 +170,7 @@ def find_model(root: str | Path, model_id: str, digest: str | None = None) -> di
 def open_failures(root: str | Path) -> pd.DataFrame:
     """The failures table without the jobs that succeeded since (their rows are committed)."""
     failures = read_table(root, "failures")
-    done = committed_job_ids(root) | committed_job_ids(root, "representations")
+    done = set().union(*(committed_job_ids(root, table) for table in PARTITIONS))  # the tables jobs write
     return failures[~failures["job_id"].isin(done)].reset_index(drop=True)
 
 

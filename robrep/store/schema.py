@@ -1,4 +1,4 @@
-"""The store's tables and their columns (DESIGN §3): one Arrow schema per table, and how each is partitioned.
+"""The store's tables and their columns (docs/store.md): one Arrow schema per table, and how each is partitioned.
 
 Layout under one root: `<table>/<partition col>=<value>/…/part-<hash>.parquet`, plus `_manifests/`.
 """
@@ -10,8 +10,8 @@ from datetime import datetime, timezone
 import pyarrow as pa
 
 # The columns every results row has. Each kind's own parameters (constraint, eps, step_size, steps, coordinate,
-# lam, ...) are columns too, declared by the kind (robrep.kinds.table_schema adds them); readers take them from
-# the part files, so a store reads whole in any process, with or without the kinds that wrote it.
+# lam, ...) are columns too, declared by the kind (robrep.fanout.registry.table_schema adds them); readers take
+# them from the part files, so a store reads whole in any process, with or without the kinds that wrote it.
 RESULTS_SCHEMA = pa.schema(
     [
         ("run_id", pa.string()),

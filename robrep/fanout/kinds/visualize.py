@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from robrep.kinds.base import COORDINATE, PGD_PARAMS, BatchContext, Job, JobKind, PGDBlockSpec
-from robrep.kinds.common import MAX_ROWS, expand_coordinates, run_coordinates
+from robrep.fanout.job import COORDINATE, PGD_PARAMS, BatchContext, Job, JobKind, PGDBlockSpec
+from robrep.fanout.kinds.common import MAX_ROWS, expand_coordinates, run_coordinates
+from robrep.fanout.selection import CoordinateSpec
 from robrep.objectives import visualization
-from robrep.selection import CoordinateSpec
 
 
 @dataclass(frozen=True)

@@ -1,12 +1,13 @@
-"""The registry of fan-out job kinds. Each kind is one module holding its config block (a frozen dataclass
-validated at the door), `expand` (block -> jobs), `run` (a batch of jobs -> rows), the table it writes and
-its report section; config parsing, planning, the workers, the report and the tests iterate this registry.
+"""The registry of fan-out job kinds. Each kind is one module (robrep/fanout/kinds/) holding its config block (a
+frozen dataclass validated at the door), `expand` (block -> jobs), `run` (a batch of jobs -> rows), the parameters
+its jobs carry, the table it writes and its report section; config parsing, planning, the workers, the report and
+the tests iterate this registry.
 
 A kind declares its jobs' own parameters (JobKind.params): the results columns, the job id, the batch key and the
-block setting are derived from them. Adding a kind: write robrep/kinds/<name>.py ending in `KIND = JobKind(...)`
-(invert.py is the model to copy) and add it to the tuple below; or, from outside the tree, call `register(KIND)`
-in a module named by the environment variable ROBREP_KINDS (comma-separated modules, imported here, so that the
-driver, every worker and jobs.report know it). Nothing else changes.
+block setting are derived from them. Adding a kind: write robrep/fanout/kinds/<name>.py ending in
+`KIND = JobKind(...)` (invert.py is the model to copy) and add it to the tuple below; or, from outside the tree,
+call `register(KIND)` in a module named by the environment variable ROBREP_KINDS (comma-separated modules,
+imported here, so that the driver, every worker and jobs.report know it). Nothing else changes (docs/kinds.md).
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ import os
 
 import pyarrow as pa
 
-from robrep.config import from_dict
-from robrep.errors import ConfigError
-from robrep.kinds import (
+from robrep.core.config import from_dict
+from robrep.core.errors import ConfigError
+from robrep.fanout.job import BlockSpec, Job, JobKind, Param
+from robrep.fanout.kinds import (
     interpolate,
     invert,
     invert_sweep,
@@ -29,7 +31,6 @@ from robrep.kinds import (
     top_activating,
     visualize,
 )
-from robrep.kinds.base import BlockSpec, Job, JobKind, Param
 from robrep.store.schema import TABLES
 
 KINDS: dict[str, JobKind] = {k.name: k for k in (

@@ -9,11 +9,11 @@ import pandas as pd
 import torch
 
 from robrep.experiments import measure, noise_image
-from robrep.figures import encode_png
-from robrep.kinds.base import BatchContext, ExpandContext, Job
+from robrep.fanout.job import BatchContext, ExpandContext, Job
+from robrep.fanout.selection import select_coordinates
+from robrep.images import encode_png
 from robrep.objectives import inversion
 from robrep.pgd import PGDResult, pgd
-from robrep.selection import select_coordinates
 
 MAX_ROWS = 6  # figure rows per model, in every kind's report section
 
@@ -156,17 +156,10 @@ def judge_of(rows: pd.DataFrame) -> str | None:
     return ",".join(sorted(judged["judge_model_id"].dropna().unique())) or None if len(judged) else None
 
 
-MODEL_SPLITS = ("train", "test")  # rows written before in_distribution: the models' own dataset had these splits
-
-
 def in_distribution(results: pd.DataFrame) -> pd.DataFrame:
-    """The rows on the models' own dataset (each row's in_distribution, set by the plan: False for a kind's other
-    dataset, such as invert's targets_from, whose classes the models and the judge do not know). Rows written before
-    the column: by split, train or test (another dataset's split is its .beton's name)."""
-    if results.empty or "split" not in results.columns:  # rows built in memory may lack it: one dataset
+    """The rows on the models' own dataset (each row's in_distribution, recorded by the plan: False for a kind's
+    other dataset, such as invert's targets_from, whose classes the models and the judge do not know; for rows from
+    before the column, robrep.store.load_results says). Rows built in memory without it: all of them."""
+    if results.empty or "in_distribution" not in results.columns:
         return results
-    by_split = results["split"].isin(MODEL_SPLITS)
-    if "in_distribution" not in results.columns:
-        return results[by_split]
-    declared = results["in_distribution"]
-    return results[declared.where(declared.notna(), by_split).astype(bool)]
+    return results[results["in_distribution"].astype(bool)]

@@ -7,7 +7,7 @@ from typing import Literal
 
 import numpy as np
 
-from robrep.errors import ConfigError, DataError
+from robrep.core.errors import ConfigError, DataError
 
 
 @dataclass(frozen=True)

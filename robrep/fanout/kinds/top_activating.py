@@ -9,11 +9,11 @@ from typing import Literal
 
 import pyarrow as pa
 
-from robrep.errors import ConfigError
-from robrep.figures import encode_png
-from robrep.kinds.base import COORDINATE, BatchContext, BlockSpec, ExpandContext, Job, JobKind, Param
-from robrep.kinds.representations import RepresentationsSpec
-from robrep.selection import CoordinateSpec, select_coordinates
+from robrep.core.errors import ConfigError
+from robrep.fanout.job import COORDINATE, BatchContext, BlockSpec, ExpandContext, Job, JobKind, Param
+from robrep.fanout.kinds.representations import RepresentationsSpec
+from robrep.fanout.selection import CoordinateSpec, select_coordinates
+from robrep.images import encode_png
 
 MAX_IMAGES_PER_END = 1000
 

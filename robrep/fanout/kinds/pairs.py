@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from robrep.kinds.base import PGD_PARAMS, ExpandContext, JobKind, PGDBlockSpec
-from robrep.kinds.common import MAX_ROWS, run_towards_targets, slot_seed
-from robrep.selection import other_class_source
+from robrep.fanout.job import PGD_PARAMS, ExpandContext, JobKind, PGDBlockSpec
+from robrep.fanout.kinds.common import MAX_ROWS, run_towards_targets, slot_seed
+from robrep.fanout.selection import other_class_source
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The HTML report, from store tables alone: a self-contained page (images embedded) and a PNG per figure.
 
-Each job kind draws its own section (robrep/kinds/); this module owns the page, the models table (paper
+Each job kind draws its own section (robrep/fanout/kinds/); this module owns the page, the models table (paper
 Table 4/5), the summary numbers every entry point prints, and the tuning trials.
 """
 
@@ -14,10 +14,10 @@ from collections import Counter
 
 import pandas as pd
 
-from robrep.figures import labelled_grid, line_chart
-from robrep.kinds import KINDS
-from robrep.kinds.common import in_distribution, judge_of, judged_as_target, judged_rows
-from robrep.location import absolute, join, redact, write_bytes
+from robrep.core.location import absolute, join, redact, write_bytes
+from robrep.fanout.kinds.common import in_distribution, judge_of, judged_as_target, judged_rows
+from robrep.fanout.registry import KINDS
+from robrep.report.figures import labelled_grid, line_chart
 from robrep.store import load_results, read_manifests, read_table
 
 

@@ -10,13 +10,13 @@ import numpy as np
 import torch
 
 from robrep.checkpoint import model_digest, model_from_meta, read_meta
-from robrep.errors import ConfigError
-from robrep.kinds import block_from_config, get_kind
-from robrep.kinds.base import BlockSpec, ExpandContext, Job
-from robrep.kinds.invert import InvertSpec
-from robrep.location import absolute, exists, join, redact
-from robrep.names import check_name
-from robrep.selection import IndexSpec, select_indices
+from robrep.core.errors import ConfigError
+from robrep.core.location import absolute, exists, join, redact
+from robrep.core.names import check_name
+from robrep.fanout.job import BlockSpec, ExpandContext, Job
+from robrep.fanout.kinds.invert import InvertSpec
+from robrep.fanout.registry import block_from_config, get_kind
+from robrep.fanout.selection import IndexSpec, select_indices
 from robrep.store import find_model
 
 MAX_BATCH = 65_536
@@ -24,7 +24,8 @@ MAX_BATCH = 65_536
 
 @dataclass(frozen=True)
 class FanoutSpec:
-    """Representation experiments for every model over chosen images of one split (paper Sec. 2 and 4)."""
+    """Representation experiments for every model over chosen images of one split (paper Sec. 2 and 4). Its Ray
+    pool's settings (workers, ...) are cluster.specs.FanoutRunSpec's."""
 
     models: tuple[str, ...]  # model_ids in the store's models table, or robrep checkpoint folders
     split: Literal["test", "train"] = "test"
@@ -32,11 +33,6 @@ class FanoutSpec:
     jobs: tuple[BlockSpec, ...] = field(default=(InvertSpec(),), metadata={"factory": block_from_config})
     rng_seed: int = 0  # seeds the noise starts and the choice of other-class sources
     batch_size: int = 64  # jobs per batched PGD loop
-    max_in_flight: int = 4  # batches submitted and not yet committed
-    workers: int = 2  # pool actors: one per CPU slot or GPU
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0  # fractional GPUs are fine, e.g. 0.25 puts four workers on a GPU
-    max_retries: int = 3  # a batch whose worker dies is retried this often
     wait_for_lease: bool = False  # another driver holds the store's writer lease: queue behind it, not fail
     precision: Literal["fp32", "bf16"] = "fp32"  # of the PGD loops (robrep/fast.py); rows are measured in fp32
     compile: bool = False  # torch.compile the model of the PGD loops (`compile: on`)
@@ -47,9 +43,8 @@ class FanoutSpec:
     def validate(self) -> None:
         if not self.models:
             raise ConfigError("fanout.models is empty; name at least one model_id")
-        for key in ("batch_size", "max_in_flight", "workers"):
-            if not 1 <= getattr(self, key) <= MAX_BATCH:
-                raise ConfigError(f"fanout.{key}={getattr(self, key)} must be within [1, {MAX_BATCH}]")
+        if not 1 <= self.batch_size <= MAX_BATCH:
+            raise ConfigError(f"fanout.batch_size={self.batch_size} must be within [1, {MAX_BATCH}]")
         if not self.jobs:
             raise ConfigError("fanout.jobs is empty; add at least one block such as {kind: invert}")
         for block in self.jobs:

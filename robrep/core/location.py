@@ -13,11 +13,14 @@ import hashlib
 import os
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import pyarrow.fs as pafs
 
-from robrep.errors import ConfigError, StorageError
+from robrep.core.errors import ConfigError, StorageError
+from robrep.core.faults import fault_point
 
 SCHEMES = ("s3", "gs", "gcs", "file", "hdfs", "viewfs", "abfs", "abfss")
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):/")
@@ -98,43 +101,69 @@ def _temp_beside(path: str) -> str:
     return f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp"
 
 
-def write_bytes(location: str | Path, data: bytes) -> str:
-    """Write a whole file so that no reader ever sees it half-written: on a local or NFS disk a fsynced temp
-    file renamed into place, on an object store one PUT (visible only once complete). Returns the location."""
-    fs, path = filesystem(location)
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(fs: pafs.FileSystem, path: str, write: Callable[[BinaryIO], None], durable: bool = True,
+                 fault: str | None = None) -> str:
+    """The one way robrep writes a whole file: no reader ever sees it half-written. On a local or NFS disk,
+    write(file) fills a hidden temp file beside `path` (readers skip names starting with '.'), which is renamed into
+    place; durable=True fsyncs it before the rename and its folder after (and a new folder's parent), so a power
+    loss leaves the old file or the new one. On an object store, one PUT (visible only once complete).
+    fault: the name of its fault points (<fault>.before_rename, <fault>.after_rename; robrep/faults.py)."""
     if not isinstance(fs, pafs.LocalFileSystem):
-        with fs.open_output_stream(path) as stream:
-            stream.write(data)
-        return str(location)
+        fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+        with fs.open_output_stream(path) as out:
+            write(out)
+        return path
+    folder = os.path.dirname(path)
+    created = not os.path.isdir(folder)
     tmp = _temp_beside(path)
     try:
         with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
+            write(out)
+            if durable:
+                out.flush()
+                os.fsync(out.fileno())
+        if fault:
+            fault_point(f"{fault}.before_rename")
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+    if fault:
+        fault_point(f"{fault}.after_rename")
+    if durable:
+        _fsync_dir(folder)
+        if created:  # the new folder's own entry
+            _fsync_dir(os.path.dirname(folder))
+    return path
+
+
+def write_bytes(location: str | Path, data: bytes) -> str:
+    """Write a whole file at a path or URI, atomically (write_atomic). Returns the location."""
+    fs, path = filesystem(location)
+    write_atomic(fs, path, lambda out: out.write(data))
     return str(location)
 
 
 def copy_file(source: str | Path, target: str | Path, chunk: int = 1 << 24) -> None:
-    """Copy one file between any two locations (upload, download, or within one), streamed in chunks, to a
-    temp name first so the target is never half there."""
+    """Copy one file between any two locations (upload, download, or within one), streamed in chunks, atomically
+    (write_atomic)."""
     src_fs, src = filesystem(source)
     dst_fs, dst = filesystem(target)
-    local = isinstance(dst_fs, pafs.LocalFileSystem)
-    tmp = _temp_beside(dst) if local else dst
-    try:
-        with src_fs.open_input_stream(src) as inp, dst_fs.open_output_stream(tmp) as out:
+
+    def stream(out: BinaryIO) -> None:
+        with src_fs.open_input_stream(src) as inp:
             while block := inp.read(chunk):
                 out.write(block)
-        if local:
-            os.replace(tmp, dst)
-    finally:
-        if local and os.path.exists(tmp):
-            os.remove(tmp)
+
+    write_atomic(dst_fs, dst, stream)
 
 
 def digest_bytes(data: bytes) -> str:

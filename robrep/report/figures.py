@@ -1,33 +1,15 @@
-"""Images and figures with PIL alone (no matplotlib): PNG encoding of result images, grids of store rows,
-labelled grids and line charts for the report."""
+"""The report's figures with PIL alone (no matplotlib): grids of store rows, labelled grids and line charts."""
 
 from __future__ import annotations
 
-import io
-
 import numpy as np
 import pandas as pd
-import torch
 from PIL import Image, ImageDraw
+
+from robrep.images import decode_png
 
 CELL_GAP, LABEL_H = 2, 12
 COLOURS = [(200, 30, 30), (30, 90, 200), (30, 150, 60), (150, 60, 160), (220, 140, 0)]
-
-
-def encode_png(image: torch.Tensor) -> bytes:
-    """(3, H, W) or (1, H, W) float in [0,1] -> 8-bit RGB or grey PNG bytes."""
-    array = (image.detach().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    buffer = io.BytesIO()
-    if array.shape[2] == 1:
-        Image.fromarray(array[..., 0], mode="L").save(buffer, format="PNG")
-    else:
-        Image.fromarray(array, mode="RGB").save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def decode_png(data: bytes) -> np.ndarray:
-    """PNG bytes (RGB or grey) -> (H, W, 3) uint8."""
-    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
 
 
 def image_grid(rows: pd.DataFrame, ncols: int = 8, caption: str | None = None, scale: int = 1) -> Image.Image:

@@ -16,9 +16,9 @@ import pyarrow as pa
 import torch
 from torch import nn
 
-from robrep.errors import ConfigError
+from robrep.core.errors import ConfigError
 from robrep.experiments import GetImages, split_representations
-from robrep.selection import IndexSpec
+from robrep.fanout.selection import IndexSpec
 
 MAX_STEPS = 1_000_000  # paper: 10,000; more is a typo, and would run for days
 
@@ -38,7 +38,7 @@ class BlockSpec:
 
 @dataclass(frozen=True)
 class PGDBlockSpec(BlockSpec):
-    """A block whose jobs run one batched PGD loop (DESIGN §4 defaults: paper A.6)."""
+    """A block whose jobs run one batched PGD loop (defaults: paper A.6)."""
 
     constraint: Literal["l2", "linf", "unconstrained"] = "l2"
     eps: float = 1000.0  # [0,1]-pixel units; paper A.6: 1000, i.e. unconstrained
@@ -214,7 +214,7 @@ class BatchContext:
 
 @dataclass(frozen=True)
 class JobKind:
-    """One kind of fan-out job, registered in robrep/kinds/__init__.py (or by robrep.kinds.register)."""
+    """One kind of fan-out job, registered in robrep/fanout/kinds/__init__.py (or by robrep.fanout.kinds.register)."""
 
     name: str
     spec: type[BlockSpec]  # its config block, validated at the door

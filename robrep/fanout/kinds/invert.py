@@ -8,10 +8,17 @@ from typing import Literal
 
 import pandas as pd
 
-from robrep.kinds.base import PGD_PARAMS, ExpandContext, JobKind, PGDBlockSpec
-from robrep.kinds.common import MAX_ROWS, in_distribution, judge_of, judged_as_target, run_towards_targets, slot_seed
-from robrep.names import check_name
-from robrep.selection import other_class_source
+from robrep.core.names import check_name
+from robrep.fanout.job import PGD_PARAMS, ExpandContext, JobKind, PGDBlockSpec
+from robrep.fanout.kinds.common import (
+    MAX_ROWS,
+    in_distribution,
+    judge_of,
+    judged_as_target,
+    run_towards_targets,
+    slot_seed,
+)
+from robrep.fanout.selection import other_class_source
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from robrep.errors import ConfigError
+from robrep.core.errors import ConfigError
 
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}"
 _NAME = re.compile(NAME_PATTERN)

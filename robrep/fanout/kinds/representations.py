@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from robrep.kinds.base import BatchContext, BlockSpec, ExpandContext, Job, JobKind
+from robrep.fanout.job import BatchContext, BlockSpec, ExpandContext, Job, JobKind
 
 
 @dataclass(frozen=True)

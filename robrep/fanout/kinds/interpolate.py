@@ -10,11 +10,11 @@ from typing import Literal
 import pyarrow as pa
 import torch
 
-from robrep.errors import ConfigError
-from robrep.kinds.base import PGD_PARAMS, BatchContext, ExpandContext, Job, JobKind, Param, PGDBlockSpec
-from robrep.kinds.common import MAX_ROWS, BatchImages, run_inversion, slot_seed, target_representations
+from robrep.core.errors import ConfigError
+from robrep.fanout.job import PGD_PARAMS, BatchContext, ExpandContext, Job, JobKind, Param, PGDBlockSpec
+from robrep.fanout.kinds.common import MAX_ROWS, BatchImages, run_inversion, slot_seed, target_representations
+from robrep.fanout.selection import other_class_source
 from robrep.objectives import interpolation_lams, interpolation_targets
-from robrep.selection import other_class_source
 
 
 @dataclass(frozen=True)

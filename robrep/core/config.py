@@ -11,7 +11,7 @@ from typing import Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
-from robrep.errors import ConfigError
+from robrep.core.errors import ConfigError
 
 T = TypeVar("T")
 MAX_SEED = 2**32  # every rng_seed; derived seeds (one per image slot) must still fit int64

@@ -6,10 +6,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from robrep.errors import ConfigError
-from robrep.kinds.base import PGD_PARAMS, ExpandContext, JobKind, PGDBlockSpec
-from robrep.kinds.common import run_towards_targets, slot_seed
-from robrep.selection import other_class_source
+from robrep.core.errors import ConfigError
+from robrep.fanout.job import PGD_PARAMS, ExpandContext, JobKind, PGDBlockSpec
+from robrep.fanout.kinds.common import run_towards_targets, slot_seed
+from robrep.fanout.selection import other_class_source
 
 
 @dataclass(frozen=True)

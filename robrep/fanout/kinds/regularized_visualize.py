@@ -11,11 +11,11 @@ from typing import Literal
 import pyarrow as pa
 import torch
 
-from robrep.errors import ConfigError
-from robrep.kinds.base import COORDINATE, PGD_PARAMS, BatchContext, JobKind, Param, PGDBlockSpec
-from robrep.kinds.common import MAX_ROWS, expand_coordinates, run_coordinates
+from robrep.core.errors import ConfigError
+from robrep.fanout.job import COORDINATE, PGD_PARAMS, BatchContext, JobKind, Param, PGDBlockSpec
+from robrep.fanout.kinds.common import MAX_ROWS, expand_coordinates, run_coordinates
+from robrep.fanout.selection import CoordinateSpec
 from robrep.objectives import regularized_visualization
-from robrep.selection import CoordinateSpec
 
 MAX_DEGREES = 180.0
 
