@@ -6,14 +6,21 @@ STAMP  := $(VENV)/.robrep-installed
 CONFIG ?= jobs/configs/digits.yaml
 PYTEST_ARGS ?=
 
-.PHONY: demo test install lint peer
+.PHONY: demo test check install lint peer
 
 demo: $(STAMP)
 	$(PY) -m jobs.main --config $(CONFIG)
 
+# Every lane: tests/unit, tests/integration (FFCV, a local Ray, entry points as processes, S3), tests/system (the
+# trained pair, several nodes, ray job submit, kills and restarts).
 test: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+# The fast lane while developing: the linter and tests/unit (no Ray, no FFCV, no subprocess; about 1.5 minutes).
+check: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
 install: $(STAMP)
 

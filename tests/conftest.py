@@ -1,5 +1,7 @@
+"""Fixtures every lane shares (tests/unit, tests/integration, tests/system): the trained and untrained pairs, S3,
+seeding. The expensive ones start only for the tests that ask for them."""
+
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -8,14 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-SMOKE = "jobs/configs/digits_smoke.yaml"
+from helpers import REPO, SMOKE, free_port, run_module, store_overrides
 
 
 def pytest_configure(config):
-    """Ray's token authentication on, as for users: RAY_AUTH_MODE=token and a token in ~/.ray (made once)."""
+    """Ray's token authentication on, as for users: RAY_AUTH_MODE=token and a token in ~/.ray (made once).
+    Not for a run of the unit lane alone, which never imports Ray."""
+    if config.args and all(Path(arg).resolve().is_relative_to(REPO / "tests" / "unit") for arg in config.args):
+        return
     from cluster.connect import use_token_auth
 
     use_token_auth()
@@ -36,19 +38,8 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
-def run_module(module: str, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m module args` from the repo root, as a user would (with `env` added to the environment);
-    returns the finished process."""
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run(
-        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
-    )
 
 
-def store_overrides(tmp: Path) -> list[str]:
-    """--set arguments that put the store, checkpoints and data of a config under tmp."""
-    return ["--set", f"store={tmp}/store", "--set", f"storage_path={tmp}/ckpt", "--set", f"data.dir={tmp}/data"]
 
 
 @pytest.fixture(scope="session")
@@ -62,10 +53,6 @@ def trained_pair(tmp_path_factory):
     return tmp, proc
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
@@ -129,16 +116,4 @@ def untrained_pair(tmp_path_factory):
     return tmp
 
 
-def config_for(trained: Path, store: Path, **fanout) -> dict:
-    data = yaml.safe_load(Path(REPO / SMOKE).read_text())
-    data.update(store=str(store), storage_path=str(trained / "ckpt"))
-    data["data"]["dir"] = str(trained / "data")
-    data["fanout"].update(fanout)
-    return data
 
-
-def seed_store(trained: Path, tmp: Path) -> Path:
-    store = tmp / "store"
-    store.mkdir()
-    os.symlink(trained / "store" / "models", store / "models")
-    return store

@@ -1,57 +1,15 @@
-"""The real `ray job submit` CLI: README's local-head commands run verbatim; the helpers other tests start and stop
-their heads with."""
+"""The real `ray job submit` CLI: README's local-head commands run verbatim."""
 
-import contextlib
+import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pandas as pd
-import psutil
 import pytest
-from conftest import REPO, free_port
-
-SMOKE = "jobs/configs/digits_smoke.yaml"
-
-
-def start_head(folder: Path, num_cpus: int = 2) -> tuple[subprocess.Popen, str, str, dict]:
-    """`ray start --head --block` in its own process group, on loopback, with token auth:
-    (process, GCS address, dashboard URL, environment for clients)."""
-    bin_dir = str(Path(sys.executable).parent)
-    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}  # token auth, as everywhere
-    env.pop("RAY_ADDRESS", None)
-    gcs_port, dash_port = free_port(), free_port()
-    head = subprocess.Popen(
-        [f"{bin_dir}/ray", "start", "--head", "--block", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.2",
-         f"--port={gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
-         "--disable-usage-stats", "--include-dashboard=true"],
-        env=env, stdout=open(folder / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dash_port}"
-    deadline = time.time() + 120
-    while time.time() < deadline:
-        probe = subprocess.run([f"{bin_dir}/ray", "job", "list", "--address", address], env=env,
-                               capture_output=True, text=True, timeout=60)
-        if probe.returncode == 0:
-            return head, f"127.0.0.2:{gcs_port}", address, env
-        assert head.poll() is None, (folder / "head.log").read_text()[-3000:]
-        time.sleep(2)
-    pytest.fail("the Ray head did not come up: " + (folder / "head.log").read_text()[-3000:])
-
-
-def stop_head(head: subprocess.Popen) -> None:
-    """This head and everything it started, by process id (a graceful `ray stop` takes about 30 s)."""
-    started = psutil.Process(head.pid).children(recursive=True)
-    os.killpg(head.pid, signal.SIGKILL)
-    for process in started:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    head.wait(timeout=60)
+from helpers import REPO, start_head, stop_head
 
 
 @pytest.fixture
@@ -77,11 +35,15 @@ def fresh_shell_env() -> dict:
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_the_readmes_local_head_and_job_submit_commands_run_verbatim(tmp_path):
+def test_the_readmes_local_head_and_job_submit_commands_run_verbatim(tmp_path, trained_pair):
     """README's local-head block, verbatim, in a fresh bash in a copy of the checkout: start a head from the venv,
     submit the smoke pipeline with --no-wait, see its status, follow its logs, resubmit the fan-out (it skips
     every committed job), stop Ray. It runs in its own PID namespace (`unshare --pid`, as root), so its
-    `ray stop` stops its own Ray and nothing else on the machine."""
+    `ray stop` stops its own Ray and nothing else on the machine.
+
+    The same config from nothing, on another Ray (a head, through the job API), gives the same store as the session's
+    trained pair (local Ray): the same .beton, the same weights (DDP over 2 workers, shuffles and augmentation
+    seeded), the same epoch metrics and the same 68 result rows, bit for bit."""
     with socket.socket() as probe:
         assert probe.connect_ex(("127.0.0.1", 8265)) != 0, "port 8265 is taken: the README's head needs it"
     checkout = tmp_path / "checkout"
@@ -98,3 +60,23 @@ def test_the_readmes_local_head_and_job_submit_commands_run_verbatim(tmp_path):
     assert "[main] done" in out and "58 jobs, 58 already in the store, 0 to run" in out
     results = pd.read_parquet(checkout / "runs" / "local" / "store" / "results")
     assert len(results) == 68 and results[results["kind"] != "top_activating"]["job_id"].is_unique
+    assert_same_store(trained_pair[0], checkout / "runs" / "local")
+
+
+def assert_same_store(first: Path, second: Path) -> None:
+    """Two runs of the smoke config from nothing computed the same things."""
+    fingerprints = [json.loads((root / "data" / "test.json").read_text())["fingerprint"] for root in (first, second)]
+    assert fingerprints[0] == fingerprints[1]
+    digests = [pd.read_parquet(root / "store" / "models").set_index("model_id")["digest"] for root in (first, second)]
+    assert digests[0].to_dict() == digests[1].to_dict()
+    columns = ["model_id", "epoch", "loss", "train_acc", "clean_acc", "adv_acc"]
+    metrics = [pd.read_parquet(root / "store" / "train_metrics")[columns].sort_values(["model_id", "epoch"])
+               .reset_index(drop=True) for root in (first, second)]
+    pd.testing.assert_frame_equal(metrics[0], metrics[1])
+    keys = ["job_id", "split_rank"]
+    rows = [pd.read_parquet(root / "store" / "results").sort_values(keys).reset_index(drop=True)
+            for root in (first, second)]
+    assert rows[0][keys].equals(rows[1][keys]), "the same job ids"
+    for column in ("rep_dist_rel", "pix_dist_target", "pix_dist_source", "image_png", "judge_pred", "activation"):
+        same = (rows[0][column] == rows[1][column]) | (rows[0][column].isna() & rows[1][column].isna())
+        assert same.all(), column

@@ -12,7 +12,7 @@ import pandas as pd
 import psutil
 import pytest
 import yaml
-from conftest import REPO, config_for, seed_store
+from helpers import REPO, config_for, seed_store
 
 SMOKE = "jobs/configs/digits_smoke.yaml"
 pytestmark = pytest.mark.ffcv  # the module fixture builds the digits betons

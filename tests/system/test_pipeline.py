@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import SMOKE, run_module, store_overrides
+from helpers import SMOKE, run_module, store_overrides
 
 
 @pytest.fixture
@@ -143,60 +143,6 @@ def test_every_figure_draws_every_row_of_the_last_run(smoke):
         expected[f"sec2_pairs_{model_id}"] = 3 * len(part)
     assert report.cells == expected
     assert len(of["invert_sweep"]["eps"].unique()) == 2 and of["interpolate"]["lam"].nunique() == 3
-
-
-@pytest.mark.ray
-@pytest.mark.ffcv
-@pytest.mark.slow
-def test_the_same_config_from_scratch_gives_the_same_store(trained_pair, tmp_path):
-    """jobs.main again from nothing (new data, checkpoints and store) with the same seeds: the same .beton, the
-    same weights (DDP over 2 workers, shuffles and augmentation seeded), the same epoch metrics, and the same
-    inversions, bit for bit, for every job both runs ran."""
-    first = trained_pair[0]
-    block = "fanout.jobs=[{kind: invert, inits: [noise, image], step_size: 0.1, steps: 20}]"  # the smoke's first
-    proc = run_module("jobs.main", "--config", SMOKE, *store_overrides(tmp_path), "--set", block)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert json.loads((first / "data" / "test.json").read_text())["fingerprint"] == \
-        json.loads((tmp_path / "data" / "test.json").read_text())["fingerprint"]
-    digests = [pd.read_parquet(root / "store" / "models").set_index("model_id")["digest"] for root in (first, tmp_path)]
-    assert digests[0].to_dict() == digests[1].to_dict()
-    columns = ["model_id", "epoch", "loss", "train_acc", "clean_acc", "adv_acc"]
-    metrics = [pd.read_parquet(root / "store" / "train_metrics")[columns].sort_values(["model_id", "epoch"])
-               .reset_index(drop=True) for root in (first, tmp_path)]
-    pd.testing.assert_frame_equal(metrics[0], metrics[1])
-    again = pd.read_parquet(tmp_path / "store" / "results").set_index("job_id")
-    before = pd.read_parquet(first / "store" / "results").set_index("job_id").loc[again.index]
-    assert len(again) == 2 * 12
-    for column in ("rep_dist_rel", "pix_dist_target", "pix_dist_source", "image_png", "judge_pred"):
-        assert (again[column] == before[column]).all(), column
-
-
-def test_judged_table_shows_only_what_the_judge_measures():
-    """Inversions and interpolations aimed at a target, from noise or another class, per start (and lambda); not
-    sweeps (held near their source), top_activating (real images), nor a start of the target's own class."""
-    from robrep.report import judged_table
-
-    def rows(kind, init, source_class, n=2, lam=float("nan")):
-        return [{"kind": kind, "model_id": "m", "init": init, "source_class": source_class, "target_class": 0,
-                 "judge_pred": 0, "judge_model_id": "j", "lam": lam, "split": "test"}] * n
-
-    frame = pd.DataFrame(rows("invert", "image", 1) + rows("invert", "image", 0) + rows("invert", "noise", -1)
-                         + rows("invert_sweep", "image", 1) + rows("top_activating", None, -1)
-                         + rows("interpolate", "interp", 1, lam=0.5) + rows("interpolate", "interp", 1, lam=1.0))
-    table = judged_table(frame)
-    assert sorted(zip(table["kind"], table["init"], table["lam"].fillna(-1), table["rows"], strict=True)) == [
-        ("interpolate", "interp", 0.5, 2), ("interpolate", "interp", 1.0, 2), ("invert", "image", -1, 2),
-        ("invert", "noise", -1, 2)]
-
-
-def test_report_on_an_empty_store_says_what_is_missing(tmp_path):
-    from robrep.report import build_report
-
-    report = build_report(str(tmp_path / "empty"), tmp_path / "report")
-    assert not report.figures
-    assert {"models", "invert rows", "invert_sweep rows", "results"} <= set(report.missing)
-    page = (tmp_path / "report" / "report.html").read_text()
-    assert "Missing: invert_sweep rows" in page
 
 
 @pytest.mark.ray

@@ -1,6 +1,6 @@
 """On a CUDA device: the engine runs there, agrees with the CPU, and does no host work inside PGD. Skipped without
 CUDA. Imports robrep alone (the GPU machines we measure on have torch but no Ray or FFCV):
-`pytest --noconftest tests/test_gpu.py` runs it there."""
+`pytest --noconftest tests/unit/test_gpu.py` runs it there."""
 
 import pytest
 import torch

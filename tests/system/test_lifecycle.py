@@ -12,8 +12,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO
-from test_job_submit import start_head, stop_head
+from helpers import REPO, start_head, stop_head
 from test_training import SLOW, audits, experiment, registered_epochs, slow_data
 
 pytestmark = [pytest.mark.ray, pytest.mark.ffcv, pytest.mark.slow]

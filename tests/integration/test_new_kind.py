@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 import pandas as pd
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pytest
 import torch
 import yaml
-from conftest import REPO, config_for, run_module, seed_store
+from helpers import REPO, config_for, run_module, seed_store
 
 from robrep.core.errors import ConfigError
 from robrep.experiments import noise_image
@@ -83,7 +84,7 @@ def test_a_kind_defined_in_one_module_runs_end_to_end_and_its_parameter_is_a_col
                         jobs=[{"kind": "noise_probe", "sigma": 0.25}])
     path = tmp_path / "probe.yaml"
     path.write_text(yaml.safe_dump(config))
-    env = {"ROBREP_KINDS": "test_new_kind", "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), str(REPO)])}
+    env = {"ROBREP_KINDS": "test_new_kind", "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), str(REPO)])}
     proc = run_module("jobs.fanout", "--config", str(path), env=env)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "6 jobs, 0 already in the store, 6 to run" in proc.stdout

@@ -1,7 +1,7 @@
 """kill -9 of the fan-out driver at three points of a commit, three times each: before a part's rename, after
 it (and before the manifest), and during the failures write. Every rerun ends with exactly one row per row
 key and every job present. The drivers join one Ray head started here, so each run costs seconds.
-(Points are reached through robrep.store.commit.fault_point, inert unless ROBREP_FAULT is set.)"""
+(Points are reached through robrep.core.faults.fault_point, inert unless ROBREP_FAULT is set.)"""
 
 import os
 import shutil
@@ -14,15 +14,18 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import REPO
-from test_fanout import config_for, seed_store, trained  # noqa: F401
-from test_job_submit import start_head, stop_head
+from helpers import REPO, config_for, seed_store, start_head, stop_head
 
 pytestmark = [pytest.mark.ray, pytest.mark.ffcv, pytest.mark.slow]
 
 POINTS = [("results.before_rename", (1, 3, 2)), ("manifest.before", (1, 1, 1)),
           ("failures.before_rename", (1, 2, 3))]
 GOOD_JOBS = 2 * 6 * 2  # 2 models x 6 images x {noise, image}; a third model's jobs all fail
+
+
+@pytest.fixture
+def trained(untrained_pair):
+    return untrained_pair
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +46,7 @@ def driver(config: dict, folder: Path, fault: str | None) -> subprocess.Complete
                           capture_output=True, text=True, timeout=300)
 
 
-def broken_model(trained: Path, folder: Path) -> str:  # noqa: F811
+def broken_model(trained: Path, folder: Path) -> str:
     """A checkpoint whose weights no longer match its digest: planned, then refused by every worker."""
     broken = folder / "broken"
     shutil.copytree(trained / "ckpt" / "digits_robust", broken)
@@ -54,7 +57,7 @@ def broken_model(trained: Path, folder: Path) -> str:  # noqa: F811
 
 
 @pytest.mark.parametrize("point, counts", POINTS, ids=[p for p, _ in POINTS])
-def test_a_driver_killed_mid_commit_loses_and_duplicates_nothing(trained, head, tmp_path, point, counts):  # noqa: F811
+def test_a_driver_killed_mid_commit_loses_and_duplicates_nothing(trained, head, tmp_path, point, counts):
     """Three drivers in a row on one store, each killed at the point (the n-th time it gets there), then a
     rerun: every good job is present exactly once, on disk and as read."""
     store = seed_store(trained, tmp_path)

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO
+from helpers import REPO
 
 pytestmark = [pytest.mark.ray, pytest.mark.ffcv, pytest.mark.slow]
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO
+from helpers import REPO
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 

@@ -5,6 +5,7 @@ import sys
 
 import pytest
 import torch
+from helpers import CIFAR_MEAN, CIFAR_STD, robustness_layout
 
 from robrep.checkpoint import load_checkpoint, save_checkpoint
 from robrep.core.errors import CheckpointError
@@ -38,45 +39,6 @@ def test_wrong_width_is_a_checkpoint_error(tmp_path):
         load_checkpoint(tmp_path / "m")
 
 
-class Payload:
-    """Unpickling this runs `touch <marker>`: the marker shows whether a loader ran pickled code."""
-
-    def __init__(self, marker):
-        self.marker = str(marker)
-
-    def __reduce__(self):
-        import os
-
-        return (os.system, (f"touch {self.marker}",))
-
-
-# TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD makes torch.load run pickles unless the caller passes weights_only=True
-# itself, so these tests fail on a copy of the loaders without the flag (torch's own default would hide it).
-LOAD_IN_A_CHILD = """
-import sys
-from robrep.checkpoint import {fn}
-from robrep.core.errors import CheckpointError
-try:
-    {fn}(*sys.argv[1:2], *(["small_cnn", 10] if "{fn}" == "import_robustness_checkpoint" else []))
-except CheckpointError as e:
-    print("refused:", e)
-"""
-
-
-def load_in_a_child(fn: str, path) -> str:
-    import os
-    import subprocess
-    import sys
-
-    from conftest import REPO
-
-    env = {**os.environ, "TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD": "1"}
-    proc = subprocess.run([sys.executable, "-c", LOAD_IN_A_CHILD.format(fn=fn), str(path)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    return proc.stdout
-
-
 def match_digest(folder) -> None:
     from robrep.core.location import file_digest
 
@@ -94,23 +56,6 @@ def test_a_changed_weights_file_is_refused(tmp_path):
         load_checkpoint(tmp_path / "m")
 
 
-def test_pickled_code_in_a_checkpoint_never_runs(tmp_path):
-    model = create_model("small_cnn", 10, META["mean"], META["std"], width=8)
-    save_checkpoint(tmp_path / "m", model, META)
-    marker = tmp_path / "pwned"
-    torch.save({"weight": Payload(marker)}, tmp_path / "m" / "model.pt")
-    match_digest(tmp_path / "m")  # whoever can write model.pt can write meta.json: weights_only is the guard
-    out = load_in_a_child("load_checkpoint", tmp_path / "m")
-    assert "refused: cannot read" in out and not marker.exists()
-
-
-def test_pickled_code_in_a_robustness_checkpoint_never_runs(tmp_path):
-    marker = tmp_path / "pwned"
-    torch.save({"model": {"module.model.x": Payload(marker)}, "epoch": 1}, tmp_path / "r.pt")
-    out = load_in_a_child("import_robustness_checkpoint", tmp_path / "r.pt")
-    assert "refused: cannot read" in out and "weights_only=True" in out and not marker.exists()
-
-
 def test_a_module_object_is_not_a_state_dict(tmp_path):
     model = create_model("small_cnn", 10, META["mean"], META["std"], width=8)
     save_checkpoint(tmp_path / "m", model, META)
@@ -123,19 +68,6 @@ def test_a_module_object_is_not_a_state_dict(tmp_path):
 # --- import of MadryLab robustness-library checkpoints ---------------------------------------------------
 
 from robrep.checkpoint import import_robustness_checkpoint  # noqa: E402
-
-
-def robustness_layout(state: dict, mean, std) -> dict:
-    """A checkpoint as robustness.train saves it: the model twice, plus the normalizer's (3,1,1) buffers."""
-    model = {f"module.model.{k}": v for k, v in state.items()}
-    model.update({f"module.attacker.model.{k}": v for k, v in state.items()})
-    for prefix in ("module.normalizer.", "module.attacker.normalize."):
-        model[prefix + "new_mean"] = torch.tensor(mean).view(3, 1, 1)
-        model[prefix + "new_std"] = torch.tensor(std).view(3, 1, 1)
-    return {"model": model, "epoch": 150, "optimizer": {"state": {}, "param_groups": []}}
-
-
-CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
 
 
 def library_models():

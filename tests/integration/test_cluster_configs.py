@@ -6,7 +6,7 @@ import re
 
 import pytest
 import yaml
-from conftest import REPO
+from helpers import REPO
 from ray.autoscaler._private.util import prepare_config, validate_config
 
 CONFIGS = REPO / "cluster" / "configs"
@@ -137,7 +137,7 @@ def test_every_preset_fits_the_cluster_the_configs_describe(path):
 @pytest.mark.parametrize("path", _presets(), ids=lambda p: p.stem)
 def test_gpu_presets_run_bf16_compiled_and_cpu_ones_fp32_eager(path):
     """What runs on a GPU takes the fastest setting that passed the quality guard (bf16, compiled: bench/gpu.py,
-    tests/test_fast.py); CPU keeps fp32 eager, the default."""
+    tests/unit/test_fast.py); CPU keeps fp32 eager, the default."""
     from jobs.config import load_config
 
     config = load_config(path)

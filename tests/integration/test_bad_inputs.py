@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import REPO, SMOKE
+from helpers import REPO, SMOKE
 
 pytestmark = pytest.mark.ffcv
 

@@ -5,7 +5,7 @@ import ast
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from helpers import LANES, REPO
 
 # What each folder may import of the project's own folders (and robrep: never ray or ffcv).
 ALLOWED = {
@@ -138,3 +138,17 @@ def test_no_module_of_robrep_imports_itself_back():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+def test_every_test_is_in_a_lane_and_the_unit_lane_starts_nothing():
+    """Each test file lives in tests/<lane>/; a unit test starts no process and no Ray (its conftest also fails a
+    test that imports ray or ffcv)."""
+    for path in sorted((REPO / "tests").rglob("test_*.py")):
+        assert path.parent.name in LANES, f"{path.relative_to(REPO)} is in no lane: move it to tests/<lane>/"
+    for path in sorted((REPO / "tests" / "unit").glob("*.py")):
+        roots = imported_roots(path)
+        assert not roots & {"subprocess", "ray", "ffcv", "cluster", "datasets"}, \
+            f"{path.relative_to(REPO)} imports {sorted(roots & {'subprocess', 'ray', 'ffcv', 'cluster', 'datasets'})}"
+        calls = {n.func.id for n in ast.walk(ast.parse(path.read_text()))
+                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        assert "run_module" not in calls, f"{path.relative_to(REPO)} runs an entry point as a process"

@@ -21,8 +21,7 @@ import psutil
 import pyarrow.fs as pafs
 import pytest
 import yaml
-from conftest import REPO, SMOKE
-from test_job_submit import start_head, stop_head
+from helpers import REPO, SMOKE, start_head, stop_head
 
 pytestmark = [pytest.mark.ray, pytest.mark.ffcv, pytest.mark.slow]
 

@@ -3,8 +3,7 @@
 import pandas as pd
 import pytest
 import torch
-from conftest import SMOKE, run_module
-from test_checkpoint import CIFAR_MEAN, CIFAR_STD, robustness_layout
+from helpers import CIFAR_MEAN, CIFAR_STD, SMOKE, robustness_layout, run_module
 
 from datasets import sources
 from datasets.beton import write_beton

@@ -1,0 +1,106 @@
+"""What the tests of every lane share besides fixtures (those are in conftest.py): the repo, the smoke config, running
+an entry point as a user does, and configs over the fixtures' data."""
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = "jobs/configs/digits_smoke.yaml"
+# tests/<lane>/: unit (no Ray, no FFCV, no subprocess: `make check`), integration (real FFCV, a local Ray, the entry
+# points as processes, S3), system (the trained pair, several nodes, `ray job submit`, kills and restarts).
+LANES = ("unit", "integration", "system")
+
+
+def run_module(module: str, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `python -m module args` from the repo root, as a user would (with `env` added to the environment);
+    returns the finished process."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.run(
+        [sys.executable, "-m", module, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def store_overrides(tmp: Path) -> list[str]:
+    """--set arguments that put the store, checkpoints and data of a config under tmp."""
+    return ["--set", f"store={tmp}/store", "--set", f"storage_path={tmp}/ckpt", "--set", f"data.dir={tmp}/data"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def config_for(trained: Path, store: Path, **fanout) -> dict:
+    data = yaml.safe_load(Path(REPO / SMOKE).read_text())
+    data.update(store=str(store), storage_path=str(trained / "ckpt"))
+    data["data"]["dir"] = str(trained / "data")
+    data["fanout"].update(fanout)
+    return data
+
+
+def seed_store(trained: Path, tmp: Path) -> Path:
+    store = tmp / "store"
+    store.mkdir()
+    os.symlink(trained / "store" / "models", store / "models")
+    return store
+
+
+def start_head(folder: Path, num_cpus: int = 2) -> tuple[subprocess.Popen, str, str, dict]:
+    """`ray start --head --block` in its own process group, on loopback, with token auth:
+    (process, GCS address, dashboard URL, environment for clients)."""
+    bin_dir = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": bin_dir + os.pathsep + os.environ["PATH"]}  # token auth, as everywhere
+    env.pop("RAY_ADDRESS", None)
+    gcs_port, dash_port = free_port(), free_port()
+    head = subprocess.Popen(
+        [f"{bin_dir}/ray", "start", "--head", "--block", f"--num-cpus={num_cpus}", "--node-ip-address=127.0.0.2",
+         f"--port={gcs_port}", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash_port}",
+         "--disable-usage-stats", "--include-dashboard=true"],
+        env=env, stdout=open(folder / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    address = f"http://127.0.0.1:{dash_port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        probe = subprocess.run([f"{bin_dir}/ray", "job", "list", "--address", address], env=env,
+                               capture_output=True, text=True, timeout=60)
+        if probe.returncode == 0:
+            return head, f"127.0.0.2:{gcs_port}", address, env
+        assert head.poll() is None, (folder / "head.log").read_text()[-3000:]
+        time.sleep(2)
+    pytest.fail("the Ray head did not come up: " + (folder / "head.log").read_text()[-3000:])
+
+
+def stop_head(head: subprocess.Popen) -> None:
+    """This head and everything it started, by process id (a graceful `ray stop` takes about 30 s)."""
+    started = psutil.Process(head.pid).children(recursive=True)
+    os.killpg(head.pid, signal.SIGKILL)
+    for process in started:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    head.wait(timeout=60)
+
+
+CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
+
+
+def robustness_layout(state: dict, mean, std) -> dict:
+    """A checkpoint as robustness.train saves it: the model twice, plus the normalizer's (3,1,1) buffers."""
+    model = {f"module.model.{k}": v for k, v in state.items()}
+    model.update({f"module.attacker.model.{k}": v for k, v in state.items()})
+    for prefix in ("module.normalizer.", "module.attacker.normalize."):
+        model[prefix + "new_mean"] = torch.tensor(mean).view(3, 1, 1)
+        model[prefix + "new_std"] = torch.tensor(std).view(3, 1, 1)
+    return {"model": model, "epoch": 150, "optimizer": {"state": {}, "param_groups": []}}
