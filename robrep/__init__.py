@@ -1,2 +1,3 @@
-"""robrep: the math of robust representations in pure PyTorch (models, PGD, objectives, training steps,
-checkpoints, the store's schema). Never imports ray or ffcv."""
+"""robrep: everything Ray-free, by role (docs/engine.md): `core` (plumbing), the math at the top level (models,
+pgd, objectives, fast, train, augment, experiments, checkpoint, images), `store` (the Parquet store), `fanout`
+(jobs, kinds, planning) and `report`. Never imports ray or ffcv."""

@@ -104,3 +104,24 @@ def robustness_layout(state: dict, mean, std) -> dict:
         model[prefix + "new_mean"] = torch.tensor(mean).view(3, 1, 1)
         model[prefix + "new_std"] = torch.tensor(std).view(3, 1, 1)
     return {"model": model, "epoch": 150, "optimizer": {"state": {}, "param_groups": []}}
+
+
+def location_roundtrip(root: str) -> None:
+    """Files and a checkpoint written, read, copied and loaded back under `root` (a path or a URI)."""
+    from robrep.checkpoint import load_checkpoint, read_meta, save_checkpoint
+    from robrep.core.location import copy_file, exists, join, read_bytes, write_bytes
+    from robrep.models import create_model
+
+    write_bytes(join(root, "a", "b.bin"), b"x" * 1000)
+    assert exists(join(root, "a", "b.bin")) and read_bytes(join(root, "a", "b.bin")) == b"x" * 1000
+    with pytest.raises(FileNotFoundError):
+        read_bytes(join(root, "a", "missing"))
+    copy_file(join(root, "a", "b.bin"), join(root, "c", "d.bin"))
+    assert read_bytes(join(root, "c", "d.bin")) == b"x" * 1000
+    model = create_model("small_cnn", 10, [0.5] * 3, [0.25] * 3)
+    folder = save_checkpoint(join(root, "models", "m"), model, {"arch": "small_cnn", "num_classes": 10,
+                                                                "mean": [0.5] * 3, "std": [0.25] * 3})
+    loaded, meta = load_checkpoint(folder)
+    assert meta["digest"] == read_meta(folder)["digest"]
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.state_dict()[key])

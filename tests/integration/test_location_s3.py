@@ -3,33 +3,13 @@
 import json
 
 import pytest
-import torch
-
-from robrep.checkpoint import load_checkpoint, read_meta, save_checkpoint
-from robrep.core.location import copy_file, exists, join, read_bytes, write_bytes
-from robrep.models import create_model
-
-
-def _roundtrip(root: str):
-    write_bytes(join(root, "a", "b.bin"), b"x" * 1000)
-    assert exists(join(root, "a", "b.bin")) and read_bytes(join(root, "a", "b.bin")) == b"x" * 1000
-    with pytest.raises(FileNotFoundError):
-        read_bytes(join(root, "a", "missing"))
-    copy_file(join(root, "a", "b.bin"), join(root, "c", "d.bin"))
-    assert read_bytes(join(root, "c", "d.bin")) == b"x" * 1000
-    model = create_model("small_cnn", 10, [0.5] * 3, [0.25] * 3)
-    folder = save_checkpoint(join(root, "models", "m"), model, {"arch": "small_cnn", "num_classes": 10,
-                                                                "mean": [0.5] * 3, "std": [0.25] * 3})
-    loaded, meta = load_checkpoint(folder)
-    assert meta["digest"] == read_meta(folder)["digest"]
-    for key, value in model.state_dict().items():
-        assert torch.equal(value, loaded.state_dict()[key])
+from helpers import location_roundtrip
 
 
 def test_files_and_checkpoints_on_s3(s3):
     """The same calls against a real S3 endpoint (moto's server), configured the standard AWS way."""
     _, bucket = s3
-    _roundtrip(f"s3://{bucket}/location-test")
+    location_roundtrip(f"s3://{bucket}/location-test")
 
 
 def test_staging_copies_a_split_once_per_node_and_again_when_it_changes(tmp_path, s3):
