@@ -98,7 +98,7 @@ def latest_setting(results: pd.DataFrame, manifests: list[dict] | None = None) -
     `settings`, committed in that run or before): a sweep keeps every radius, a second block of a kind with other
     steps is kept as its own setting, and an older run's other step size, retrained weights or precision are not
     shown. A store keeps every run. A kind no manifest describes (rows built in memory; stores written before
-    manifests had settings): per model, the setting of its newest row."""
+    manifests had settings): per model and dataset, the setting of its newest row."""
     if results.empty:
         return results
     setting = _settings(results)
@@ -114,7 +114,9 @@ def latest_setting(results: pd.DataFrame, manifests: list[dict] | None = None) -
         ordered = results[rest].assign(_setting=setting[rest])
         if "created_at" in ordered.columns:  # rows built in memory may lack it: their order is the order run
             ordered = ordered.sort_values("created_at", kind="stable")
-        last = ordered.groupby(["model_id", "kind"])["_setting"].transform("last")
+        # Per model, kind and data: a block on another dataset (invert's targets_from) is its own figure.
+        by = ["model_id", "kind", *(["dataset"] if "dataset" in ordered.columns else [])]
+        last = ordered.groupby(by, dropna=False)["_setting"].transform("last")
         keep |= (setting == last.reindex(setting.index)) & rest
     return results[keep]
 

@@ -60,3 +60,20 @@ def test_the_setting_run_last_is_per_block_so_a_sweep_keeps_every_radius():
     fallback = latest_setting(rows)
     assert len(fallback[fallback["kind"] == "invert_sweep"]) == len(sweep)
     assert set(fallback[fallback["kind"] == "invert"]["steps"]) <= {50, 100}
+
+
+def test_without_manifests_a_block_on_other_data_keeps_the_blocks_on_the_models_data():
+    """A store from before manifests had settings: invert rows on digits, then (committed later) on glyphs
+    (targets_from). Both stay: the newest setting is chosen per model, kind and dataset, so Fig. 3 keeps its rows."""
+    from robrep.fanout.registry import get_kind
+    from robrep.report import latest_setting
+
+    def jobs(dataset, split, in_distribution):
+        return [get_kind("invert").job(model_id="m", dataset=dataset, split=split, model_digest="d", constraint="l2",
+                                       eps=1000.0, step_size=0.1, steps=20, target_index=t, init="noise",
+                                       in_distribution=in_distribution) for t in range(3)]
+
+    rows = pd.DataFrame(_rows_of(jobs("digits", "test", True), "r1", 1) + _rows_of(jobs("glyphs", "glyphs", False),
+                                                                                      "r1", 2))
+    kept = latest_setting(rows)
+    assert len(kept) == 6 and sorted(kept["dataset"].unique()) == ["digits", "glyphs"]
