@@ -249,18 +249,20 @@ class JobKind:
     def make_job(self, common: Job, block: BlockSpec, fields: dict) -> Job:
         """A job of this kind: `common` with one `expand` result's fields; params from `fields`, else the block's
         field of that name (from_block), else the declared default."""
-        names = {p.name for p in self.params}
-        own = {p.name: fields.get(p.name, getattr(block, p.name) if p.from_block else p.default) for p in self.params}
-        rest = {k: v for k, v in fields.items() if k not in names}
-        job = dataclasses.replace(common, **rest, params=tuple((p.name, own[p.name]) for p in self.params))
-        return job.with_id(self.params)
+        return self._with(common, fields, lambda p: getattr(block, p.name) if p.from_block else p.default)
 
     def job(self, **fields) -> Job:
         """A job of this kind from its fields and params by name (unset params at their defaults), with its id."""
         names = {p.name for p in self.params}
-        own = tuple((p.name, fields.get(p.name, p.default)) for p in self.params)
-        return Job(kind=self.name, **{k: v for k, v in fields.items() if k not in names}, params=own).with_id(
-            self.params)
+        base = Job(kind=self.name, **{k: v for k, v in fields.items() if k not in names})
+        return self._with(base, {k: v for k, v in fields.items() if k in names}, lambda p: p.default)
+
+    def _with(self, base: Job, fields: dict, unset: Callable[[Param], Any]) -> Job:
+        """`base` with `fields` (Job fields and params by name), each param not in them at unset(param); with its id."""
+        names = {p.name for p in self.params}
+        own = tuple((p.name, fields[p.name] if p.name in fields else unset(p)) for p in self.params)
+        rest = {k: v for k, v in fields.items() if k not in names}
+        return dataclasses.replace(base, **rest, params=own).with_id(self.params)
 
     def job_values(self, job: Job) -> dict:
         """A job's fields and params as one mapping (for `setting`)."""
