@@ -25,8 +25,9 @@ from robrep.fanout.plan import SplitRef, other_dataset, pack, plan_jobs, resolve
 from robrep.fanout.registry import complete_rows, get_kind, run_settings, table_schema
 from robrep.store import committed_job_ids, read_table
 from robrep.store.commit import append_rows, commit_rows, write_manifest
+from robrep.store.compact import compact
 from robrep.store.lease import StoreLease
-from robrep.store.schema import FAILURES_SCHEMA, IMAGES_SCHEMA, now_utc, to_table
+from robrep.store.schema import FAILURES_SCHEMA, IMAGES_SCHEMA, PARTITIONS, now_utc, to_table
 
 
 def plan(config: ExperimentConfig) -> list[Job]:
@@ -114,6 +115,26 @@ def store_images(root: str, jobs: list[Job]) -> int:
     return added
 
 
+def partition_filters(table: str, jobs: list[Job]) -> list[tuple]:
+    """Filters on the partition columns of `table` that match the jobs' kinds and models: what a read about these
+    jobs must open, and nothing else."""
+    values = {"kind": {j.kind for j in jobs}, "model_id": {j.model_id for j in jobs}}
+    return [(column, "in", sorted(values[column])) for column in PARTITIONS[table]]
+
+
+def compact_where_needed(root: str, tables: list[str], jobs: list[Job], min_parts: int) -> None:
+    """Compact the jobs' partition folders (and the images and failures tables) that hold min_parts small parts or
+    more (fanout.compact_parts; 0: never). The caller holds the writer lease."""
+    if not min_parts:
+        return
+    for table in [*tables, "images", "failures"]:
+        filters = partition_filters(table, jobs) if table in PARTITIONS else None
+        for done in compact(root, table, filters, min_parts=min_parts):
+            print(f"[fanout] compacted {done.folder}: {done.parts_before} "
+                  f"parts -> {done.parts_after} ({done.rows} rows, {done.dropped} superseded) in "
+                  f"{done.seconds:.1f}s", flush=True)
+
+
 def run_fanout(config: ExperimentConfig, jobs: list[Job] | None = None) -> dict:
     """Take the store's writer lease, skip committed jobs, run the rest through the pool, commit parts (and
     failures) batch by batch, write the manifest last."""
@@ -130,8 +151,9 @@ def _run(config: ExperimentConfig, jobs: list[Job], run_id: str) -> dict:
 
     fan, root = config.fanout, config.store_root
     store_images(root, jobs)
-    tables = {get_kind(j.kind).table for j in jobs}
-    done = set().union(*(committed_job_ids(root, table) for table in tables))
+    tables = sorted({get_kind(j.kind).table for j in jobs})
+    compact_where_needed(root, tables, jobs, fan.compact_parts)
+    done = set().union(*(committed_job_ids(root, table, partition_filters(table, jobs)) for table in tables))
     todo = [j for j in jobs if j.job_id not in done]
     batches = pack(todo, fan.batch_size)
     print(f"[fanout] {len(jobs)} jobs, {len(jobs) - len(todo)} already in the store, {len(todo)} to run in "
@@ -158,6 +180,7 @@ def _run(config: ExperimentConfig, jobs: list[Job], run_id: str) -> dict:
         run_pool(batches, run_batch, workers=fan.workers, cpus_per_worker=fan.cpus_per_worker,
                  gpus_per_worker=fan.gpus_per_worker, max_in_flight=fan.max_in_flight, on_done=on_done,
                  on_error=on_error, max_retries=fan.max_retries)
+    compact_where_needed(root, tables, jobs, fan.compact_parts)
     if failures:
         print(f"[fanout] {len(failures)} jobs failed; see {redact(root)}/failures (first: "
               f"{failures[0]['error'][:300]})", flush=True)

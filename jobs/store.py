@@ -1,8 +1,12 @@
-"""Check or repair a store: row counts per table, damaged or foreign files, unfinished commits, open failures.
+"""Check, repair or compact a store: row counts per table, damaged or foreign files, unfinished commits, open
+failures.
 
     python -m jobs.store check --store runs/digits/store      # lists; changes nothing
-    python -m jobs.store repair --store runs/digits/store     # moves damaged and foreign files to _quarantine/
-                                                              # and removes temp files older than an hour
+    python -m jobs.store repair --store runs/digits/store     # moves damaged and foreign files to _quarantine/,
+                                                              # removes temp files older than an hour and writes
+                                                              # results/_common_metadata where it is missing
+    python -m jobs.store compact --store runs/digits/store    # rewrites each partition's small parts as a few
+                                                              # big files, one row per row key (takes the lease)
 
 A rerun of the fan-out computes again the jobs whose rows were in a quarantined part. Exits 1 when check
 finds damaged files, so a scheduled check can alert.
@@ -12,27 +16,40 @@ from __future__ import annotations
 
 import sys
 import time
+import uuid
 
 from jobs.common import Alias, run_entry_point
 from jobs.config import ExperimentConfig
 from robrep.core.errors import ConfigError
 from robrep.core.location import filesystem, redact
-from robrep.store.read import open_failures, quarantine, read_table, scan_table
+from robrep.store.compact import compact_store
+from robrep.store.files import EXTENSIBLE, list_table, quarantine, record_columns, recorded_schema, validate
+from robrep.store.lease import StoreLease
+from robrep.store.read import open_failures
 from robrep.store.schema import TABLES
 
-ACTIONS = ("check", "repair")
+ACTIONS = ("check", "repair", "compact")
 STALE_TEMP_S = 3600  # a temp file this old belongs to a commit that was killed
 ALIASES = (Alias("--store", "store", help="the store root"),)
 
 
 def run(config: ExperimentConfig, action: str) -> int:
-    """Print the store's state; repair if asked. Returns the number of damaged files found."""
+    """Print the store's state; repair or compact if asked. Returns the number of damaged files found."""
     root = config.store_root
     fs, _ = filesystem(root)
-    damaged = 0
     print(f"[store] {redact(root)}")
-    for table in TABLES:
-        scan = scan_table(root, table)
+    if action == "compact":
+        with StoreLease(root, f"compact-{uuid.uuid4().hex[:8]}", hint="compact once it has finished (a fan-out "
+                        "compacts its own partitions past fanout.compact_parts)"):
+            start = time.perf_counter()
+            done = compact_store(root)
+        for c in done:
+            print(f"[store] compacted {c.folder}: {c.parts_before} parts -> {c.parts_after} ({c.rows} rows, "
+                  f"{c.dropped} superseded) in {c.seconds:.1f}s")
+        print(f"[store] {len(done)} partition folders compacted in {time.perf_counter() - start:.1f}s")
+    damaged = 0
+    for table in TABLES:  # one listing and one footer read per part
+        scan = validate(root, table, list_table(root, table))
         damaged += len(scan.damaged)
         for path, reason in scan.damaged:
             if action == "repair":
@@ -43,11 +60,15 @@ def run(config: ExperimentConfig, action: str) -> int:
         if action == "repair":
             for path in stale:
                 fs.delete_file(path)
-        rows = len(read_table(root, table, columns=[TABLES[table].names[0]])) if action == "repair" or \
-            not scan.damaged else "?"
-        print(f"[store] {table}: {rows} rows in {len(scan.parts)} parts, {len(scan.damaged)} damaged, "
-              f"{len(scan.temporary)} temp files ({len(stale)} stale{', removed' if action == 'repair' else ''})")
-    print(f"[store] open failures: {len(open_failures(root)) if action == 'repair' or not damaged else '?'}")
+            if scan.parts:
+                record_columns(root, table)
+        note = ""
+        if table in EXTENSIBLE and scan.parts and recorded_schema(root, table) is None:
+            note = "; no column record (_common_metadata): every read opens every footer, repair writes it"
+        print(f"[store] {table}: {sum(scan.rows.values())} rows in {len(scan.parts)} parts, {len(scan.damaged)} "
+              f"damaged, {len(scan.temporary)} temp files ({len(stale)} stale"
+              f"{', removed' if action == 'repair' else ''}){note}")
+    print(f"[store] open failures: {len(open_failures(root)) if action != 'check' or not damaged else '?'}")
     return damaged
 
 

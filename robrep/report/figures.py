@@ -15,6 +15,9 @@ COLOURS = [(200, 30, 30), (30, 90, 200), (30, 150, 60), (150, 60, 160), (220, 14
 def image_grid(rows: pd.DataFrame, ncols: int = 8, caption: str | None = None, scale: int = 1) -> Image.Image:
     """A grid of the rows' `image_png`s, row-major, each captioned by one column's value if asked: a
     labelled_grid without row labels."""
+    if "image_png" not in rows.columns:
+        raise ValueError("image_grid: these rows have no image_png; add them with robrep.store.load_images(store, "
+                         "rows), or read with load_results(..., images=True)")
     images = list(rows["image_png"])
     if not images:
         raise ValueError("image_grid got no rows")

@@ -19,7 +19,8 @@ import pyarrow.parquet as pq
 from robrep.core.faults import fault_point
 from robrep.core.location import filesystem, write_atomic
 from robrep.core.names import check_name
-from robrep.store.schema import PARTITIONS, TABLES, to_table
+from robrep.store.files import record_columns
+from robrep.store.schema import PARTITIONS, TABLES, to_table, writer_options
 
 
 def part_name(job_ids: list[str]) -> str:
@@ -35,7 +36,9 @@ def commit_part(root: str | Path, table_name: str, table: pa.Table, partition: d
     fs, base = filesystem(root)
     folder = "/".join([base, table_name, *(f"{k}={check_name(v, k)}" for k, v in partition.items())])
     table = table.drop_columns([k for k in partition if k in table.column_names])
-    return write_atomic(fs, f"{folder}/{name}", lambda out: pq.write_table(table, out), durable, fault=table_name)
+    record_columns(root, table_name, table.schema)  # before the part: no reader may miss one of its columns
+    return write_atomic(fs, f"{folder}/{name}", lambda out: pq.write_table(table, out, **writer_options(table.schema)),
+                        durable, fault=table_name)
 
 
 def commit_rows(root: str | Path, table_name: str, rows: list[dict], job_ids: list[str], durable: bool = True,

@@ -52,7 +52,9 @@ def _alive(holder: dict) -> bool:
 class StoreLease:
     """`with StoreLease(root, run_id):` holds the store's writer lease, with a heartbeat, until the block ends."""
 
-    def __init__(self, root: str | Path, run_id: str, wait: bool = False, poll_s: float = 5.0):
+    def __init__(self, root: str | Path, run_id: str, wait: bool = False, poll_s: float = 5.0,
+                 hint: str = "wait for it to finish, or pass --set fanout.wait_for_lease=true to queue behind it"):
+        self.hint = hint
         self.fs, base = filesystem(root)
         self.path, self.run_id, self.wait, self.poll_s = f"{base}/{LEASE}", run_id, wait, poll_s
         self.local = isinstance(self.fs, pafs.LocalFileSystem)
@@ -67,7 +69,7 @@ class StoreLease:
                 raise LeaseError(
                     f"the store is being written by run {holder.get('run_id')} (host {holder.get('host')}, pid "
                     f"{holder.get('pid')}, since {holder.get('started')}, heartbeat {holder.get('heartbeat')}); "
-                    "wait for it to finish, or pass --set fanout.wait_for_lease=true to queue behind it")
+                    f"{self.hint}")
             time.sleep(self.poll_s)
         self._beat.start()
         return self

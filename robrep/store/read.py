@@ -7,139 +7,112 @@ from __future__ import annotations
 
 import contextlib
 import json
-import sys
 import warnings
-from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from robrep.core.errors import StorageError
 from robrep.core.location import filesystem, redact
-from robrep.store.schema import PARTITIONS, QUARANTINE, ROW_KEYS, TABLES
-
-
-@dataclass
-class TableScan:
-    """The files of one table: the part files that read, and the ones that must not be read (why)."""
-
-    folder: str
-    parts: list[str] = field(default_factory=list)
-    damaged: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
-    temporary: list[str] = field(default_factory=list)  # hidden temp files of an unfinished or killed commit
-    extra: dict[str, pa.DataType] = field(default_factory=dict)  # columns of kinds' parameters (EXTENSIBLE tables)
-
+from robrep.store.files import TableScan, list_table, quarantine, recorded_schema, validate
+from robrep.store.schema import HEAVY, PARTITIONS, ROW_KEYS, TABLES
 
 MODEL_SPLITS = ("train", "test")  # the splits of the models' own dataset
-EXTENSIBLE = ("results",)  # tables whose parts may carry more columns: the parameters their kinds declare
+_READ_ERRORS = (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OSError)
 
 
-def read_schema(table: str, scan: TableScan) -> pa.Schema:
-    """The table's schema with the extra columns its parts carry (a kind's parameters)."""
-    return pa.schema([*TABLES[table], *(pa.field(name, tp) for name, tp in scan.extra.items())])
+def table_schema_of(root: str | Path, table: str, scan: TableScan) -> pa.Schema:
+    """The table's columns, partition columns included, with the extra columns its parts carry (a kind's
+    parameters): from the table's record, or where there is none from the footers of the listed parts."""
+    recorded = recorded_schema(root, table)
+    if recorded is None:
+        validate(root, table, scan)
+        recorded = pa.schema(list(scan.extra.items()))
+    base = TABLES[table]
+    return pa.schema([*base, *(f for f in recorded if f.name not in base.names)])
 
 
-def _expected_schema(table: str) -> pa.Schema:
-    partitions = PARTITIONS.get(table, ())
-    schema = TABLES[table]
-    return pa.schema([f for f in schema if f.name not in partitions])
+def _quarantine_all(root: str | Path, damaged: list[tuple[str, str]]) -> None:
+    for path, reason in damaged:
+        with contextlib.suppress(FileNotFoundError):  # another reader moved it first
+            quarantine(root, path, reason)
 
 
-def scan_table(root: str | Path, table: str) -> TableScan:
-    """Every file under <root>/<table>: part files whose footer reads and whose columns are the table's,
-    and the rest (a truncated part, a stray file, a foreign Parquet file) with the reason."""
-    fs, base = filesystem(root)
-    scan = TableScan(f"{base}/{table}")
-    if fs.get_file_info(scan.folder).type == pafs.FileType.NotFound:
-        return scan
-    expected = _expected_schema(table)
-    for info in fs.get_file_info(pafs.FileSelector(scan.folder, recursive=True)):
-        if info.type != pafs.FileType.File:
-            continue
-        if info.base_name.startswith("."):
-            scan.temporary.append(info.path)
-            continue
-        if not (info.base_name.startswith("part-") and info.base_name.endswith(".parquet")):
-            scan.damaged.append((info.path, "not a part file of this table"))
-            continue
-        try:
-            schema = pq.read_schema(info.path, filesystem=fs)
-        except (pa.ArrowInvalid, OSError) as e:
-            scan.damaged.append((info.path, f"unreadable: {e}"))
-            continue
-        # Columns a part of an older version lacks read as null; foreign or mistyped ones do not. A part of an
-        # EXTENSIBLE table may add columns (its kind's parameters), each with one type across the table.
-        extra = {f.name: f.type for f in schema if f.name not in expected.names and table in EXTENSIBLE}
-        strangers = [f.name for f in schema if (f.name in expected.names and expected.field(f.name).type != f.type)
-                     or (f.name not in expected.names and f.name not in extra)
-                     or f.type != scan.extra.get(f.name, f.type)]
-        if strangers:
-            scan.damaged.append((info.path, f"columns {strangers[:5]} are not this table's"))
-            continue
-        scan.extra.update(extra)
-        scan.parts.append(info.path)
-    return scan
-
-
-def quarantine(root: str | Path, path: str, reason: str) -> str:
-    """Move one file to <root>/_quarantine/<its path in the store>, with a warning on stderr; returns where."""
-    fs, base = filesystem(root)
-    target = f"{base}/{QUARANTINE}/{path[len(base) + 1:]}"
-    fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
-    fs.move(path, target)
-    print(f"[store] warning: moved {redact(path)} to {QUARANTINE}/ ({reason}); its rows, if any, will be computed "
-          "again by the next run", file=sys.stderr, flush=True)
-    return target
-
-
-def read_table(root: str | Path, table: str, filters: list | None = None, columns: list[str] | None = None
-               ) -> pd.DataFrame:
-    """One store table as a DataFrame (empty, with the right columns, when nothing is there).
-
-    filters: pandas/pyarrow style, e.g. [("kind", "=", "invert"), ("model_id", "in", ["a", "b"])].
-    Partition columns (kind, model_id) come back as the strings they were written as. A damaged or foreign
-    file is moved to the quarantine with a warning instead of failing the read; a row key that is on disk
-    twice gives one row (the latest).
-    """
+def read_arrow(root: str | Path, table: str, filters: list | None = None, columns: list[str] | None = None,
+               exclude: tuple[str, ...] = ()) -> pa.Table:
+    """The one place that reads part files: the folders the filter's partition columns allow (nothing else is
+    listed or opened), the columns asked for (all but `exclude` by default). Footers are not checked first: when
+    the read fails, they are, a damaged part is quarantined and the read runs again without it; a part removed by
+    a compaction since the listing makes it list again."""
     if table not in TABLES:
         raise ValueError(f"unknown store table {table!r}; known: {sorted(TABLES)}")
     fs, _ = filesystem(root)
-    scan = scan_table(root, table)
-    for path, reason in scan.damaged:
-        with contextlib.suppress(FileNotFoundError):  # another reader moved it first
-            quarantine(root, path, reason)
-    if not scan.parts:
-        frame = TABLES[table].empty_table().to_pandas()
-        return frame.reindex(columns=columns) if columns else frame
-    # Partition values are strings, read back exactly as written: no type guessing (model_id 007 stays "007").
-    partitioning = pads.HivePartitioning(pa.schema([(c, pa.string()) for c in PARTITIONS.get(table, ())]),
-                                         segment_encoding="none")
-    schema = read_schema(table, scan)
-    dataset = pads.dataset(scan.parts, schema=schema, filesystem=fs, format="parquet",
-                           partitioning=partitioning, partition_base_dir=scan.folder)
+    expression = pq.filters_to_expression(filters) if filters else None
+    for _attempt in range(5):
+        scan = list_table(root, table, filters)
+        schema = table_schema_of(root, table, scan) if scan.parts else TABLES[table]
+        _quarantine_all(root, scan.damaged)
+        wanted = [c for c in (columns if columns is not None else schema.names)
+                  if c in schema.names and c not in exclude]
+        if not scan.parts:
+            return schema.empty_table().select(wanted)
+        # Partition values are strings, read back exactly as written: no type guessing (model_id 007 stays "007").
+        partitioning = pads.HivePartitioning(pa.schema([(c, pa.string()) for c in PARTITIONS.get(table, ())]),
+                                             segment_encoding="none")
+        dataset = pads.dataset(scan.parts, schema=schema, filesystem=fs, format="parquet", partitioning=partitioning,
+                               partition_base_dir=scan.folder)
+        try:
+            return dataset.to_table(filter=expression, columns=wanted)
+        except FileNotFoundError:
+            continue  # replaced by a compaction after the listing
+        except _READ_ERRORS:
+            validate(root, table, scan)
+            if not scan.damaged:
+                raise
+            _quarantine_all(root, scan.damaged)
+    raise StorageError(f"the {table} table of {redact(root)} kept changing while it was read; is a compaction "
+                       "looping? (python -m jobs.store check)")
+
+
+def read_table(root: str | Path, table: str, filters: list | None = None, columns: list[str] | None = None,
+               exclude: tuple[str, ...] = ()) -> pd.DataFrame:
+    """One store table as a DataFrame (empty, with the right columns, when nothing is there).
+
+    filters: pandas/pyarrow style, e.g. [("kind", "=", "invert"), ("model_id", "in", ["a", "b"])]; on partition
+    columns (kind, model_id) they decide which folders are opened at all. Partition columns come back as the strings
+    they were written as. A damaged or foreign file is moved to the quarantine with a warning instead of failing
+    the read; a row key that is on disk twice gives one row (the latest).
+    """
     keys = ROW_KEYS.get(table, ())
     wanted = None if columns is None else list(dict.fromkeys([*columns, *keys, "created_at"]))
-    wanted = None if wanted is None else [c for c in wanted if c in schema.names]
-    expression = pq.filters_to_expression(filters) if filters else None
-    frame = dataset.to_table(filter=expression, columns=wanted).to_pandas()
-    if keys and frame.duplicated(list(keys)).any():
+    frame = read_arrow(root, table, filters, wanted, exclude).to_pandas()
+    if keys and len(frame) and frame.duplicated(list(keys)).any():
         frame = frame.sort_values("created_at", kind="stable").drop_duplicates(list(keys), keep="last")
         frame = frame.sort_index()
-    return frame.reindex(columns=columns).reset_index(drop=True) if columns else frame.reset_index(drop=True)
+    if columns is not None:
+        frame = frame.reindex(columns=columns)
+    return frame.reset_index(drop=True)
 
 
 def load_results(root: str | Path, filters: list | None = None, columns: list[str] | None = None,
-                 decode_images: bool = False) -> pd.DataFrame:
+                 images: bool = False, decode_images: bool = False) -> pd.DataFrame:
     """The results table with filters, normalised: every reader of results (the report, the summaries, a notebook)
-    uses this one. decode_images=True adds an `image` column of (H, W, 3) uint8 arrays. Rows written before a
-    column existed read as what they were: fp32 `precision`, no judge (`judge_pred` -1), `in_distribution` when
-    their split is train or test (another dataset's split is its .beton's name)."""
+    uses this one. Every column but the heavy ones (`image_png`, `representation`): those only when named in
+    `columns`, or images=True for `image_png` (decode_images=True: also an `image` column of (H, W, 3) uint8
+    arrays). For a few rows' images out of a big store, load_images(root, rows) reads only theirs. Rows written
+    before a column existed read as what they were: fp32 `precision`, no judge (`judge_pred` -1),
+    `in_distribution` when their split is train or test (another dataset's split is its .beton's name)."""
     from robrep.images import decode_png
 
-    frame = read_table(root, "results", filters, columns)
+    images = images or decode_images
+    exclude = tuple(c for c in HEAVY if not (images and c == "image_png"))
+    frame = read_table(root, "results", filters, columns, exclude=() if columns is not None else exclude)
     if "precision" in frame.columns:
         frame["precision"] = frame["precision"].fillna("fp32")
     if "judge_pred" in frame.columns:
@@ -152,9 +125,68 @@ def load_results(root: str | Path, filters: list | None = None, columns: list[st
     return frame
 
 
-def committed_job_ids(root: str | Path, table: str = "results") -> set[str]:
-    """Job ids already in a table of the store (reads the `job_id` column only)."""
-    return set(read_table(root, table, columns=["job_id"])["job_id"])
+def load_images(root: str | Path, rows: pd.DataFrame | list[str], decode: bool = False) -> pd.DataFrame:
+    """The images of chosen results rows, without reading the others': `rows` is a frame from load_results (its
+    `kind` and `model_id` name the folders to open) or a list of job ids. Returns the frame with `image_png` (and,
+    decode=True, `image`) added, in its order; for a list, one row per stored image (job_id, split_rank, kind,
+    model_id, image_png). Only the row groups that hold a chosen row are read."""
+    from robrep.images import decode_png
+
+    frame = pd.DataFrame({"job_id": list(rows)}) if not isinstance(rows, pd.DataFrame) else rows
+    ids = sorted(set(frame["job_id"]))
+    filters = [(c, "in", sorted(set(frame[c]))) for c in PARTITIONS["results"] if c in frame.columns]
+    found = _images_of(root, ids, filters) if ids else pd.DataFrame(
+        columns=["job_id", "split_rank", "kind", "model_id", "image_png"])
+    if not isinstance(rows, pd.DataFrame):
+        out = found
+    else:
+        keys = [k for k in ROW_KEYS["results"] if k in frame.columns]
+        out = frame.drop(columns=[c for c in ("image_png", "image") if c in frame.columns]).merge(
+            found[[*keys, "image_png"]], on=keys, how="left", validate="many_to_one")
+        out.index = frame.index
+    if decode:
+        out["image"] = [decode_png(b) if isinstance(b, bytes) else None for b in out["image_png"]]
+    return out
+
+
+def _images_of(root: str | Path, ids: list[str], filters: list) -> pd.DataFrame:
+    """(job_id, split_rank, kind, model_id, image_png, created_at) of the job ids, one per row key (the latest):
+    the job_id column of each part first, then only the row groups that hold one of them."""
+    wanted = pa.array(ids)
+    fs, _ = filesystem(root)
+    scan = list_table(root, "results", filters)
+    pieces = []
+    try:
+        for path in scan.parts:
+            with fs.open_input_file(path) as handle:
+                part = pq.ParquetFile(handle)
+                found = pc.is_in(part.read(columns=["job_id"]).column(0), wanted)
+                if not pc.any(found).as_py():
+                    continue
+                bounds = np.cumsum([0] + [part.metadata.row_group(i).num_rows
+                                          for i in range(part.metadata.num_row_groups)])
+                groups = sorted({int(np.searchsorted(bounds, i, side="right")) - 1
+                                 for i in np.flatnonzero(found.to_numpy(zero_copy_only=False))})
+                names = [c for c in ("job_id", "split_rank", "image_png", "created_at")
+                         if c in part.schema_arrow.names]
+                got = part.read_row_groups(groups, columns=names)
+                got = got.filter(pc.is_in(got.column("job_id"), wanted))
+            kind, model = (segment.split("=", 1)[1] for segment in path.split("/")[-3:-1])
+            pieces.append(got.to_pandas().assign(kind=kind, model_id=model))
+    except _READ_ERRORS:  # a damaged part, or one replaced since the listing: the general read copes with both
+        pieces = [read_table(root, "results", [*filters, ("job_id", "in", ids)],
+                             ["job_id", "split_rank", "kind", "model_id", "image_png", "created_at"])]
+    found = pd.concat(pieces, ignore_index=True) if pieces else pd.DataFrame(
+        columns=["job_id", "split_rank", "kind", "model_id", "image_png", "created_at"])
+    if "split_rank" not in found.columns:
+        found["split_rank"] = pd.NA
+    found = found.sort_values("created_at", kind="stable").drop_duplicates(list(ROW_KEYS["results"]), keep="last")
+    return found.sort_values(["job_id", "split_rank"], kind="stable").reset_index(drop=True)
+
+
+def committed_job_ids(root: str | Path, table: str = "results", filters: list | None = None) -> set[str]:
+    """Job ids already in a table of the store: the `job_id` column alone, of the partitions `filters` allow."""
+    return set(pc.unique(read_arrow(root, table, filters, ["job_id"]).column("job_id")).to_pylist())
 
 
 def find_model(root: str | Path, model_id: str, digest: str | None = None) -> dict | None:
@@ -168,9 +200,14 @@ def find_model(root: str | Path, model_id: str, digest: str | None = None) -> di
 
 
 def open_failures(root: str | Path) -> pd.DataFrame:
-    """The failures table without the jobs that succeeded since (their rows are committed)."""
+    """The failures table without the jobs that succeeded since (their rows are committed): only the partitions of
+    the failed jobs' kinds and models are read."""
     failures = read_table(root, "failures")
-    done = set().union(*(committed_job_ids(root, table) for table in PARTITIONS))  # the tables jobs write
+    if failures.empty:
+        return failures
+    done = set().union(*(  # the tables jobs write
+        committed_job_ids(root, table, [(c, "in", sorted(set(failures[c]))) for c in PARTITIONS[table]])
+        for table in PARTITIONS))
     return failures[~failures["job_id"].isin(done)].reset_index(drop=True)
 
 

@@ -196,4 +196,19 @@ ROW_KEYS: dict[str, tuple[str, ...]] = {
     "images": ("dataset", "split", "index"), "train_metrics": ("model_id", "epoch"),
     "tune_trials": ("run_id", "trial_id"), "failures": ("run_id", "job_id"),
 }
+# Columns with big values (a PNG, a representation vector): written without statistics or dictionary (min/max of a
+# PNG would copy it twice into every footer), and left out of load_results unless asked for.
+HEAVY = ("image_png", "representation")
+UNIQUE = ("job_id",)  # one value per row (a hash): a dictionary would only grow the file
+
+
+def writer_options(schema: pa.Schema) -> dict:
+    """pyarrow.parquet.write_table / ParquetWriter options for a part of `schema`: statistics (row-group min/max,
+    and a page index) on the columns people filter by, dictionary encoding on the repetitive ones."""
+    names = [f.name for f in schema]
+    plain = [n for n in names if n not in HEAVY]
+    return {"write_statistics": plain, "use_dictionary": [n for n in plain if n not in UNIQUE],
+            "write_page_index": True, "compression": "snappy"}
+
+
 QUARANTINE = "_quarantine"  # damaged or foreign files are moved here, never left to block a read
