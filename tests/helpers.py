@@ -2,6 +2,7 @@
 an entry point as a user does, and configs over the fixtures' data."""
 
 import contextlib
+import math
 import os
 import signal
 import socket
@@ -20,6 +21,46 @@ SMOKE = "jobs/configs/digits_smoke.yaml"
 # tests/<lane>/: unit (no Ray, no FFCV, no subprocess: `make check`), integration (real FFCV, a local Ray, the entry
 # points as processes, S3), system (the trained pair, several nodes, `ray job submit`, kills and restarts).
 LANES = ("unit", "integration", "system")
+
+
+def result_rows(ids: list[str], model_id: str = "m1") -> list[dict]:
+    """Results rows of an invert job each, as a worker makes them (8 px random images), for store tests."""
+    from robrep.images import encode_png
+    from robrep.store.schema import now_utc
+
+    image = torch.rand(3, 8, 8)
+    return [
+        {"run_id": "r", "job_id": i, "kind": "invert", "model_id": model_id, "model_robust": True, "model_eps": 2.0,
+         "dataset": "digits", "split": "test", "target_index": n, "source_index": -1, "init": "noise", "rng_seed": n,
+         "constraint": "l2", "eps": 1000.0, "step_size": 0.1, "steps": 10, "coordinate": -1, "lam": math.nan,
+         "rep_dist": 0.5, "rep_dist_rel": 0.1, "pix_dist_target": 3.0, "pix_dist_source": 2.0, "pred_class": 1,
+         "target_class": 1, "source_class": -1, "steps_taken": 10, "loss_final": 0.1, "image_png": encode_png(image),
+         "node": "n", "device": "cpu", "seconds": 0.1, "git_sha": "abc", "created_at": now_utc()}
+        for n, i in enumerate(ids)
+    ]
+
+
+def results_schema():
+    """The results table as a kind with two parameters writes it (robrep.fanout.registry.table_schema adds them)."""
+    import pyarrow as pa
+
+    from robrep.store.schema import RESULTS_SCHEMA
+
+    return pa.schema([*RESULTS_SCHEMA, pa.field("eps", pa.float32()), pa.field("steps", pa.int32())])
+
+
+def grow_store(root, parts=40, rows=5, models=("m0", "m1"), kinds=("invert",), first=0) -> None:
+    """`parts` commits through the fan-out's commit path, round robin over the kinds' and models' folders."""
+    from robrep.store.commit import commit_rows
+
+    folders = [(k, m) for k in kinds for m in models]
+    for p in range(first, first + parts):
+        kind, model = folders[p % len(folders)]
+        ids = [f"{kind}-{model}-{p}-{i}" for i in range(rows)]
+        batch = result_rows(ids, model_id=model)
+        for n, row in enumerate(batch):
+            row.update(kind=kind, eps=float(p), steps=n, rep_dist=float(p * rows + n), precision="fp32")
+        commit_rows(root, "results", batch, ids, durable=False, schema=results_schema())
 
 
 def run_module(module: str, *args: str, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:

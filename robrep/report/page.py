@@ -18,7 +18,7 @@ from robrep.core.location import absolute, join, redact, write_bytes
 from robrep.fanout.kinds.common import in_distribution, judge_of, judged_as_target, judged_rows
 from robrep.fanout.registry import KINDS
 from robrep.report.figures import labelled_grid, line_chart
-from robrep.store import load_results, read_manifests, read_table
+from robrep.store import load_images, load_results, read_manifests, read_table
 
 
 class Report:
@@ -213,7 +213,7 @@ def build_report(store: str, out: str, title: str | None = None) -> Report:
     (figures, missing sections)."""
     report = Report(absolute(out))
     models = read_table(store, "models")
-    results = current_results(store)
+    results = load_images(store, current_results(store))  # the images of the rows shown, not of the whole store
     images = read_table(store, "images")
     lookup = {(row.dataset, row.split, int(row.index)): row.image_png for row in images.itertuples()}
     report.text("Every figure and the summary show, per kind, the blocks of the last fan-out run that had that kind "

@@ -134,6 +134,8 @@ def load_images(root: str | Path, rows: pd.DataFrame | list[str], decode: bool =
 
     frame = pd.DataFrame({"job_id": list(rows)}) if not isinstance(rows, pd.DataFrame) else rows
     ids = sorted(set(frame["job_id"]))
+    if not ids and isinstance(rows, pd.DataFrame):
+        return frame.assign(image_png=pd.Series(dtype=object), **({"image": pd.Series(dtype=object)} if decode else {}))
     filters = [(c, "in", sorted(set(frame[c]))) for c in PARTITIONS["results"] if c in frame.columns]
     found = _images_of(root, ids, filters) if ids else pd.DataFrame(
         columns=["job_id", "split_rank", "kind", "model_id", "image_png"])

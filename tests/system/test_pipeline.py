@@ -233,7 +233,7 @@ def test_every_result_image_is_judged_by_the_other_model(trained_pair):
     from robrep.store import load_results, read_table
 
     tmp, proc = trained_pair
-    results = load_results(tmp / "store")
+    results = load_results(tmp / "store", images=True)
     other = {"digits_standard": "digits_robust", "digits_robust": "digits_standard"}
     assert (results["judge_model_id"] == results["model_id"].map(other)).all()
     models = read_table(tmp / "store", "models").set_index("model_id")

@@ -1,29 +1,15 @@
 """The store: schema round trip, atomic parts, no duplicates on retry."""
 
-import math
-
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from helpers import result_rows
 
 from robrep.images import decode_png, encode_png
 from robrep.store import committed_job_ids, read_table
 from robrep.store.commit import commit_part, part_name
-from robrep.store.schema import RESULTS_SCHEMA, now_utc, to_table
-
-
-def make_rows(ids, model_id="m1"):
-    image = torch.rand(3, 8, 8)
-    return [
-        {"run_id": "r", "job_id": i, "kind": "invert", "model_id": model_id, "model_robust": True, "model_eps": 2.0,
-         "dataset": "digits", "split": "test", "target_index": n, "source_index": -1, "init": "noise", "rng_seed": n,
-         "constraint": "l2", "eps": 1000.0, "step_size": 0.1, "steps": 10, "coordinate": -1, "lam": math.nan,
-         "rep_dist": 0.5, "rep_dist_rel": 0.1, "pix_dist_target": 3.0, "pix_dist_source": 2.0, "pred_class": 1,
-         "target_class": 1, "source_class": -1, "steps_taken": 10, "loss_final": 0.1, "image_png": encode_png(image),
-         "node": "n", "device": "cpu", "seconds": 0.1, "git_sha": "abc", "created_at": now_utc()}
-        for n, i in enumerate(ids)
-    ]
+from robrep.store.schema import RESULTS_SCHEMA, to_table
 
 
 def test_png_round_trip_is_8_bit_exact():
@@ -34,12 +20,12 @@ def test_png_round_trip_is_8_bit_exact():
 
 
 def test_schema_round_trip_and_retry_overwrites(tmp_path):
-    rows = make_rows(["a", "b", "c"])
+    rows = result_rows(["a", "b", "c"])
     table = to_table(rows, RESULTS_SCHEMA)
     part = part_name(["a", "b", "c"])
     commit_part(tmp_path, "results", table, {"kind": "invert", "model_id": "m1"}, part)
     commit_part(tmp_path, "results", table, {"kind": "invert", "model_id": "m1"}, part)  # a retry
-    commit_part(tmp_path, "results", to_table(make_rows(["d"], "m2"), RESULTS_SCHEMA),
+    commit_part(tmp_path, "results", to_table(result_rows(["d"], "m2"), RESULTS_SCHEMA),
                 {"kind": "invert", "model_id": "m2"}, part_name(["d"]))
     df = read_table(tmp_path, "results")
     assert sorted(df["job_id"]) == ["a", "b", "c", "d"]
@@ -60,7 +46,7 @@ def test_a_filesystem_uri_root_works_like_a_path(tmp_path):
     from robrep.store.commit import write_manifest
 
     root = f"file://{tmp_path}/s"
-    commit_part(root, "results", to_table(make_rows(["x", "y"]), RESULTS_SCHEMA), {"kind": "invert", "model_id": "m"},
+    commit_part(root, "results", to_table(result_rows(["x", "y"]), RESULTS_SCHEMA), {"kind": "invert", "model_id": "m"},
                 part_name(["x", "y"]))
     write_manifest(root, "run1", {"jobs": 2})
     assert committed_job_ids(root) == {"x", "y"}
@@ -72,7 +58,7 @@ def test_query_helper_decodes_images_and_builds_a_grid(tmp_path):
     from robrep.report.figures import image_grid
     from robrep.store import load_results
 
-    commit_part(tmp_path, "results", to_table(make_rows(["a", "b", "c"]), RESULTS_SCHEMA),
+    commit_part(tmp_path, "results", to_table(result_rows(["a", "b", "c"]), RESULTS_SCHEMA),
                 {"kind": "invert", "model_id": "m1"}, part_name(["a", "b", "c"]))
     df = load_results(tmp_path, filters=[("kind", "=", "invert")], decode_images=True)
     assert df["image"].iloc[0].shape == (8, 8, 3)

@@ -5,19 +5,17 @@ import json
 
 import pandas as pd
 import pytest
-from helpers import SMOKE
+from helpers import SMOKE, result_rows
 
 from robrep.core.errors import ConfigError
 
 
 def test_a_row_on_disk_twice_is_read_once(tmp_path):
-    from test_store import make_rows
-
     from robrep.store import read_table
     from robrep.store.commit import commit_part, part_name
     from robrep.store.schema import RESULTS_SCHEMA, to_table
 
-    table = to_table(make_rows(["a", "b"]), RESULTS_SCHEMA)
+    table = to_table(result_rows(["a", "b"]), RESULTS_SCHEMA)
     commit_part(tmp_path, "results", table, {"kind": "invert", "model_id": "m"}, part_name(["a", "b"]))
     commit_part(tmp_path, "results", table, {"kind": "invert", "model_id": "m"}, "part-other-driver.parquet")
     assert len(pd.read_parquet(tmp_path / "results")) == 4  # what is on disk
@@ -25,13 +23,11 @@ def test_a_row_on_disk_twice_is_read_once(tmp_path):
 
 
 def test_partition_values_read_back_exactly_and_unsafe_names_are_refused(tmp_path):
-    from test_store import make_rows
-
     from robrep.store import read_table
     from robrep.store.commit import commit_part, part_name
     from robrep.store.schema import RESULTS_SCHEMA, to_table
 
-    table = to_table(make_rows(["a"]), RESULTS_SCHEMA)
+    table = to_table(result_rows(["a"]), RESULTS_SCHEMA)
     commit_part(tmp_path, "results", table, {"kind": "invert", "model_id": "007"}, part_name(["a"]))
     frame = read_table(tmp_path, "results", filters=[("model_id", "=", "007")])
     assert frame["model_id"].tolist() == ["007"]

@@ -8,30 +8,14 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from test_store import make_rows
+from helpers import grow_store, result_rows, results_schema
 
-from robrep.store import committed_job_ids, load_results, read_table
+from robrep.store import committed_job_ids, files, load_results, read_table
 from robrep.store.commit import commit_part, commit_rows, part_name
 from robrep.store.compact import compact
-from robrep.store import files
 from robrep.store.files import SCHEMA_FILE
 from robrep.store.read import load_images
 from robrep.store.schema import HEAVY, RESULTS_SCHEMA, now_utc, to_table
-
-# The results table as a kind with two parameters writes it (robrep.fanout.registry.table_schema adds them).
-SCHEMA = pa.schema([*RESULTS_SCHEMA, pa.field("eps", pa.float32()), pa.field("steps", pa.int32())])
-
-
-def grow(root, parts=40, rows=5, models=("m0", "m1"), kinds=("invert",), first=0):
-    """`parts` commits through the fan-out's commit path, round robin over the kinds' and models' folders."""
-    folders = [(k, m) for k in kinds for m in models]
-    for p in range(first, first + parts):
-        kind, model = folders[p % len(folders)]
-        ids = [f"{kind}-{model}-{p}-{i}" for i in range(rows)]
-        batch = make_rows(ids, model_id=model)
-        for n, row in enumerate(batch):
-            row.update(kind=kind, eps=float(p), steps=n, rep_dist=float(p * rows + n), precision="fp32")
-        commit_rows(root, "results", batch, ids, durable=False, schema=SCHEMA)
 
 
 def part_files(root):
@@ -43,10 +27,10 @@ def sorted_rows(frame):
 
 
 def test_compaction_keeps_every_row_once_the_latest_in_a_few_files(tmp_path):
-    grow(tmp_path, parts=40)
-    again = make_rows(["invert-m0-0-0"], model_id="m0")  # a row key committed twice: the later row wins
+    grow_store(tmp_path, parts=40)
+    again = result_rows(["invert-m0-0-0"], model_id="m0")  # a row key committed twice: the later row wins
     again[0].update(eps=0.0, steps=0, rep_dist=-1.0)
-    commit_rows(tmp_path, "results", again, ["invert-m0-0-0", "retry"], durable=False, schema=SCHEMA)
+    commit_rows(tmp_path, "results", again, ["invert-m0-0-0", "retry"], durable=False, schema=results_schema())
     before = sorted_rows(read_table(tmp_path, "results"))
     assert len(before) == 200 and before.set_index("job_id").loc["invert-m0-0-0", "rep_dist"] == -1.0
     assert len(part_files(tmp_path)) == 41
@@ -61,7 +45,7 @@ def test_compaction_keeps_every_row_once_the_latest_in_a_few_files(tmp_path):
     assert compact(tmp_path, "results") == []  # one file per folder: nothing to do
 
     compacted = [p.stat().st_size for p in part_files(tmp_path)]
-    grow(tmp_path, parts=4, rows=3, first=100)  # new parts beside a compacted file: only the small ones are rewritten
+    grow_store(tmp_path, parts=4, rows=3, first=100)  # new parts beside compacted files: only small ones are rewritten
     assert len(part_files(tmp_path)) == 6
     done = compact(tmp_path, "results", file_bytes=int(1.5 * min(compacted)))
     assert [c.rewritten for c in done] == [2, 2]  # the new parts; the files of more than half file_bytes stay
@@ -71,7 +55,7 @@ def test_compaction_keeps_every_row_once_the_latest_in_a_few_files(tmp_path):
 
 
 def test_compacted_files_have_bounded_size_and_row_groups(tmp_path):
-    grow(tmp_path, parts=60, rows=20, models=("m0",))
+    grow_store(tmp_path, parts=60, rows=20, models=("m0",))
     size = sum(p.stat().st_size for p in part_files(tmp_path))
     compact(tmp_path, "results", file_bytes=size // 3, row_group_bytes=size // 12)
     files = part_files(tmp_path)
@@ -83,7 +67,7 @@ def test_compacted_files_have_bounded_size_and_row_groups(tmp_path):
 
 
 def test_a_filter_on_partition_columns_opens_only_their_folders_and_no_footer_first(tmp_path, monkeypatch):
-    grow(tmp_path, parts=12, kinds=("invert", "pairs"))
+    grow_store(tmp_path, parts=12, kinds=("invert", "pairs"))
     damaged = tmp_path / "results" / "kind=pairs" / "model_id=m1" / "part-damaged.parquet"
     damaged.write_bytes(b"PAR1 not a parquet file")
     import robrep.store.read as read
@@ -102,20 +86,20 @@ def test_a_filter_on_partition_columns_opens_only_their_folders_and_no_footer_fi
 
 
 def test_a_store_without_its_column_record_reads_the_same(tmp_path):
-    grow(tmp_path, parts=6)
+    grow_store(tmp_path, parts=6)
     with_record = sorted_rows(load_results(tmp_path))
     assert {"eps", "steps"} <= set(with_record.columns)
     (tmp_path / "results" / SCHEMA_FILE).unlink()  # a store written before the record existed,
     files._recorded.clear()  # opened by a new process
     pd.testing.assert_frame_equal(sorted_rows(load_results(tmp_path)), with_record)
-    grow(tmp_path, parts=2, models=("m2",))  # the first commit starts the record from the parts' footers
+    grow_store(tmp_path, parts=2, models=("m2",))  # the first commit starts the record from the parts' footers
     assert {"eps", "steps"} <= set(pq.read_schema(tmp_path / "results" / SCHEMA_FILE).names)
 
 
 def test_a_parameter_keeps_one_type(tmp_path):
-    grow(tmp_path, parts=1)
+    grow_store(tmp_path, parts=1)
     other = pa.schema([*RESULTS_SCHEMA, pa.field("eps", pa.string())])
-    rows = make_rows(["z"])
+    rows = result_rows(["z"])
     rows[0]["eps"] = "big"
     with pytest.raises(ValueError, match="column 'eps' is string in this commit but float"):
         commit_rows(tmp_path, "results", rows, ["z"], durable=False, schema=other)
@@ -123,7 +107,7 @@ def test_a_parameter_keeps_one_type(tmp_path):
 
 
 def test_images_come_on_demand(tmp_path):
-    grow(tmp_path, parts=8)
+    grow_store(tmp_path, parts=8)
     compact(tmp_path, "results", row_group_bytes=1)  # a row group per part: a fetch reads only those it needs
     frame = load_results(tmp_path)
     assert not set(HEAVY) & set(frame.columns)
@@ -142,7 +126,7 @@ def test_images_come_on_demand(tmp_path):
 
 
 def test_the_writer_keeps_statistics_off_images_and_on_what_people_filter_by(tmp_path):
-    grow(tmp_path, parts=3)
+    grow_store(tmp_path, parts=3)
     compact(tmp_path, "results")
     for path in part_files(tmp_path):
         group = pq.read_metadata(path).row_group(0)
@@ -158,9 +142,9 @@ def test_the_writer_keeps_statistics_off_images_and_on_what_people_filter_by(tmp
 def mixed_store(tmp_path):
     """Parts written before two columns existed (precision, in_distribution) beside later ones, a model_id that
     looks like a number, and a kind with its own parameters."""
-    grow(tmp_path, parts=4, models=("007", "m1"))
+    grow_store(tmp_path, parts=4, models=("007", "m1"))
     old = pa.schema([f for f in RESULTS_SCHEMA if f.name not in ("precision", "in_distribution")])
-    commit_part(tmp_path, "results", to_table(make_rows(["old-a", "old-b"], "007"), old),
+    commit_part(tmp_path, "results", to_table(result_rows(["old-a", "old-b"], "007"), old),
                 {"kind": "invert", "model_id": "007"}, part_name(["old-a", "old-b"]))
     return tmp_path
 
@@ -205,6 +189,6 @@ def test_duckdb_polars_and_pyarrow_read_what_pandas_reads(mixed_store, compacted
 
 def test_a_commit_names_its_created_at(tmp_path):
     """Sanity of the helper the tests above grow stores with: every row has a time, so the latest is defined."""
-    grow(tmp_path, parts=2)
+    grow_store(tmp_path, parts=2)
     assert read_table(tmp_path, "results")["created_at"].notna().all()
     assert now_utc().tzinfo is not None
