@@ -108,8 +108,6 @@ def load_results(root: str | Path, filters: list | None = None, columns: list[st
     arrays). For a few rows' images out of a big store, load_images(root, rows) reads only theirs. Rows written
     before a column existed read as what they were: fp32 `precision`, no judge (`judge_pred` -1),
     `in_distribution` when their split is train or test (another dataset's split is its .beton's name)."""
-    from robrep.images import decode_png
-
     images = images or decode_images
     exclude = tuple(c for c in HEAVY if not (images and c == "image_png"))
     frame = read_table(root, "results", filters, columns, exclude=() if columns is not None else exclude)
@@ -121,6 +119,8 @@ def load_results(root: str | Path, filters: list | None = None, columns: list[st
         known = frame["in_distribution"]
         frame["in_distribution"] = known.where(known.notna(), frame["split"].isin(MODEL_SPLITS)).astype(bool)
     if decode_images:
+        from robrep.images import decode_png  # torch: imported only when asked
+
         frame["image"] = [decode_png(b) for b in frame["image_png"]]
     return frame
 
@@ -130,8 +130,6 @@ def load_images(root: str | Path, rows: pd.DataFrame | list[str], decode: bool =
     `kind` and `model_id` name the folders to open) or a list of job ids. Returns the frame with `image_png` (and,
     decode=True, `image`) added, in its order; for a list, one row per stored image (job_id, split_rank, kind,
     model_id, image_png). Only the row groups that hold a chosen row are read."""
-    from robrep.images import decode_png
-
     frame = pd.DataFrame({"job_id": list(rows)}) if not isinstance(rows, pd.DataFrame) else rows
     ids = sorted(set(frame["job_id"]))
     if not ids and isinstance(rows, pd.DataFrame):
@@ -147,6 +145,8 @@ def load_images(root: str | Path, rows: pd.DataFrame | list[str], decode: bool =
             found[[*keys, "image_png"]], on=keys, how="left", validate="many_to_one")
         out.index = frame.index
     if decode:
+        from robrep.images import decode_png
+
         out["image"] = [decode_png(b) if isinstance(b, bytes) else None for b in out["image_png"]]
     return out
 

@@ -144,12 +144,15 @@ def test_a_killed_driver_resumes_with_only_the_missing_jobs(trained, tmp_path):
     proc.wait(timeout=60)
     committed = len(pd.read_parquet(store / "results"))
     assert 0 < committed < 720
+    config["fanout"]["compact_parts"] = 2  # the rerun compacts its folders: before its resume decision and after
     rerun = run_fanout_cli(config, tmp_path)
     out, err = rerun.communicate(timeout=600)
     assert rerun.returncode == 0, err[-3000:]
     assert f"720 jobs, {committed} already in the store, {720 - committed} to run" in out
+    assert out.count("[fanout] compacted results/kind=invert/model_id=") >= 2, out[-3000:]
     results = pd.read_parquet(store / "results")
     assert len(results) == 720 and results["job_id"].is_unique
+    assert len(parts(store)) == 2  # one file per model's folder
     assert not list(store.rglob("*.tmp"))
 
 

@@ -106,13 +106,24 @@ def test_a_parameter_keeps_one_type(tmp_path):
     assert committed_job_ids(tmp_path) == {f"invert-m0-0-{i}" for i in range(5)}
 
 
-def test_images_come_on_demand(tmp_path):
+def test_images_come_on_demand(tmp_path, monkeypatch):
     grow_store(tmp_path, parts=8)
     compact(tmp_path, "results", row_group_bytes=1)  # a row group per part: a fetch reads only those it needs
     frame = load_results(tmp_path)
     assert not set(HEAVY) & set(frame.columns)
-    chosen = frame[frame["rep_dist"].isin([3.0, 31.0])].sort_values("rep_dist")
+    chosen = frame[frame["rep_dist"].isin([3.0, 31.0])].sort_values("rep_dist")  # parts 0 and 6, both of m0
+    read_groups = []
+    original = pq.ParquetFile.read_row_groups
+
+    def spy(self, groups, *args, **kwargs):
+        read_groups.extend(groups)
+        return original(self, groups, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetFile, "read_row_groups", spy)
     with_images = load_images(tmp_path, chosen, decode=True)
+    monkeypatch.undo()
+    m0 = next((tmp_path / "results" / "kind=invert" / "model_id=m0").glob("part-*.parquet"))
+    assert len(read_groups) == 2 and pq.read_metadata(m0).num_row_groups == 4  # of parts 0, 2, 4, 6: two read
     assert list(with_images.index) == list(chosen.index) and with_images["image"].iloc[0].shape == (8, 8, 3)
     full = load_results(tmp_path, images=True).set_index("job_id")
     assert list(with_images["image_png"]) == list(full.loc[chosen["job_id"], "image_png"])
