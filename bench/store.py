@@ -92,9 +92,11 @@ def committed(root: Path) -> set[str]:
 
 def metadata_in_a_process(root: Path) -> tuple[float, float, int]:
     """load_results() in a fresh process: (seconds, peak RSS GB, rows)."""
-    code = ("import resource, sys, time; sys.path.insert(0, sys.argv[2]); from robrep.store import load_results; "
+    # Peak RSS from VmHWM: this process's own, not ru_maxrss (which a child inherits from its parent at fork).
+    code = ("import sys, time; sys.path.insert(0, sys.argv[2]); from robrep.store import load_results; "
             "t = time.perf_counter(); f = load_results(sys.argv[1]); s = time.perf_counter() - t; "
-            "print(s, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, len(f))")
+            "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]; "
+            "print(s, int(hwm) / 2**20, len(f))")
     out = subprocess.run([sys.executable, "-c", code, str(root), str(REPO)], capture_output=True, text=True,
                          check=True).stdout.split()
     return float(out[0]), float(out[1]), int(out[2])

@@ -62,10 +62,15 @@ def _allowed(filters: list | None) -> dict[str, set[str]]:
 def partition_folders(root: str | Path, table: str, filters: list | None = None) -> list[str]:
     """The leaf folders of a table that a filter on its partition columns can match, listing only those:
     kind=invert opens kind=invert/ alone. A table without partitions is its own one folder."""
+    return _walk(root, table, filters)[0]
+
+
+def _walk(root: str | Path, table: str, filters: list | None) -> tuple[list[str], list[str]]:
+    """(leaf folders the filter can match, files found on the way above the leaves: strays)."""
     fs, base = filesystem(root)
-    folders = [f"{base}/{table}"]
+    folders, strays = [f"{base}/{table}"], []
     if fs.get_file_info(folders[0]).type == pafs.FileType.NotFound:
-        return []
+        return [], []
     allowed = _allowed(filters)
     for column in PARTITIONS.get(table, ()):
         wanted = allowed.get(column)
@@ -76,30 +81,33 @@ def partition_folders(root: str | Path, table: str, filters: list | None = None)
         children = []
         for folder in folders:
             for info in fs.get_file_info(pafs.FileSelector(folder, allow_not_found=True)):
-                if info.type == pafs.FileType.Directory and info.base_name.startswith(f"{column}=") and (
-                        wanted is None or info.base_name.split("=", 1)[1] in wanted):
-                    children.append(info.path)
+                if info.type == pafs.FileType.Directory and info.base_name.startswith(f"{column}="):
+                    if wanted is None or info.base_name.split("=", 1)[1] in wanted:
+                        children.append(info.path)
+                elif not info.base_name.startswith((".", "_")):  # _common_metadata, or a reader's own files
+                    strays.append(info.path)
         folders = children
-    return sorted(folders)
+    return sorted(folders), strays
 
 
 def list_table(root: str | Path, table: str, filters: list | None = None) -> TableScan:
     """The files a read of `table` with `filters` must open: part files of the folders the filter can match, by
-    name alone (no footer is opened). A file that is not named as a part is listed as damaged."""
+    name alone (no footer is opened). A file that is not named as a part, or not in a leaf folder, is listed as
+    damaged."""
     fs, base = filesystem(root)
     scan = TableScan(f"{base}/{table}")
-    depth = len(PARTITIONS.get(table, ()))
-    for folder in partition_folders(root, table, filters):
+    folders, strays = _walk(root, table, filters)
+    scan.damaged += [(path, "not a part file of this table") for path in strays]
+    for folder in folders:
         for info in fs.get_file_info(pafs.FileSelector(folder, recursive=True)):
             if info.type != pafs.FileType.File:
                 continue
-            inner = info.path[len(scan.folder) + 1:].split("/")
             if info.base_name.startswith("."):
                 scan.temporary.append(info.path)
-            elif len(inner) == 1 and info.base_name == SCHEMA_FILE:
+            elif info.base_name == SCHEMA_FILE and folder == scan.folder:
                 continue
-            elif len(inner) != depth + 1 or not (info.base_name.startswith("part-")
-                                                 and info.base_name.endswith(".parquet")):
+            elif "/" in info.path[len(folder) + 1:] or not (info.base_name.startswith("part-")
+                                                              and info.base_name.endswith(".parquet")):
                 scan.damaged.append((info.path, "not a part file of this table"))
             else:
                 scan.parts.append(info.path)

@@ -70,6 +70,8 @@ def test_a_filter_on_partition_columns_opens_only_their_folders_and_no_footer_fi
     grow_store(tmp_path, parts=12, kinds=("invert", "pairs"))
     damaged = tmp_path / "results" / "kind=pairs" / "model_id=m1" / "part-damaged.parquet"
     damaged.write_bytes(b"PAR1 not a parquet file")
+    stray = tmp_path / "results" / "kind=pairs" / "notes.txt"
+    stray.write_text("a file in no leaf folder")
     import robrep.store.read as read
 
     def no_footers(*args, **kwargs):
@@ -77,11 +79,12 @@ def test_a_filter_on_partition_columns_opens_only_their_folders_and_no_footer_fi
 
     monkeypatch.setattr(read, "validate", no_footers)
     frame = load_results(tmp_path, filters=[("kind", "=", "invert"), ("model_id", "in", ["m0"])])
-    assert len(frame) == 15 and set(frame["model_id"]) == {"m0"} and damaged.exists()  # kind=pairs never opened
+    assert len(frame) == 15 and set(frame["model_id"]) == {"m0"}
+    assert damaged.exists() and stray.exists()  # kind=pairs never listed
     assert len(committed_job_ids(tmp_path, filters=[("kind", "=", "pairs"), ("model_id", "=", "m0")])) == 15
     monkeypatch.undo()
     everything = load_results(tmp_path)  # this read opens the damaged part: it fails, is checked, quarantined
-    assert len(everything) == 60 and not damaged.exists()
+    assert len(everything) == 60 and not damaged.exists() and not stray.exists()
     assert (tmp_path / "_quarantine" / "results" / "kind=pairs" / "model_id=m1" / "part-damaged.parquet").exists()
 
 
