@@ -37,3 +37,27 @@ def test_staging_copies_a_split_once_per_node_and_again_when_it_changes(tmp_path
     stage(local, source)
     assert local.read_bytes() == b"beton-22" and json.loads(sidecar_path(local).read_text())["fingerprint"] == "two"
     assert not [p for p in local.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_store_on_s3_prunes_compacts_and_fetches_images(s3):
+    """The store's read, compaction and image paths against S3, where folders are key prefixes."""
+    from helpers import grow_store
+
+    from robrep.store import committed_job_ids, load_images, load_results, read_table
+    from robrep.store.compact import compact
+
+    _, bucket = s3
+    root = f"s3://{bucket}/store-scale"
+    grow_store(root, parts=8, models=("007", "m1"), kinds=("invert", "pairs"))
+    before = read_table(root, "results").sort_values("job_id").reset_index(drop=True)
+    assert len(before) == 40 and set(before["model_id"]) == {"007", "m1"}
+    one = load_results(root, filters=[("kind", "=", "pairs"), ("model_id", "=", "007")])
+    assert len(one) == 10 and set(one["kind"]) == {"pairs"}
+    done = compact(root, "results")
+    assert sorted((c.folder, c.parts_before, c.parts_after) for c in done) == [
+        (f"results/kind={k}/model_id={m}", 2, 1)
+        for k in ("invert", "pairs") for m in ("007", "m1")]
+    assert read_table(root, "results").sort_values("job_id").reset_index(drop=True).equals(before)
+    assert len(committed_job_ids(root, filters=[("kind", "in", ["invert"])])) == 20
+    images = load_images(root, one, decode=True)
+    assert images["image"].notna().all() and images["image"].iloc[0].shape == (8, 8, 3)
