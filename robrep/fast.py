@@ -4,8 +4,10 @@ Two settings, named the same from config key to argument: `precision` ("fp32" | 
 (false | true; YAML reads `on`/`off` as booleans). `FastModel` is a frozen copy of a model for the PGD loop:
 - its parameters have requires_grad=False: PGD differentiates the input only, so a compiled backward computes
   input gradients and no weight gradients;
-- every batch-norm is folded into the convolution that feeds it (exact for an eval-mode model: the batch-norm is
-  a per-channel affine map of the convolution's output, so it becomes the convolution's scaled weights and bias);
+- every batch-norm that normalises one convolution's output is folded into that convolution (exact for an
+  eval-mode model: the batch-norm is a per-channel affine map of the convolution's output, so it becomes the
+  convolution's scaled weights and bias); which ones, is read from a probe forward (conv_bn_pairs), never from
+  names: a batch-norm before its convolution (pre-activation nets, DenseNets) stays;
 - on CUDA: channels_last weights and inputs, and cuDNN's autotuner (`cudnn.benchmark`);
 - precision "bf16": bf16 autocast, except the convolution that sees the pixels, which stays fp32: a PGD step
   moves a pixel by less than bf16's spacing near 1 (1/256), so a bf16 input would swallow it (on the trained
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+from collections import Counter
 from collections.abc import Iterator
 
 import torch
@@ -69,32 +72,52 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
-def _fold_named(module: nn.Module) -> None:
-    """convN followed by bnN inside one block (torchvision's and the robustness library's naming)."""
-    children = dict(module.named_children())
-    for name, bn in children.items():
-        conv_name = "conv" + name[2:]
-        if name.startswith("bn") and isinstance(bn, nn.BatchNorm2d) and isinstance(children.get(conv_name), nn.Conv2d):
-            setattr(module, conv_name, fuse_conv_bn_eval(children[conv_name], bn))
-            setattr(module, name, nn.Identity())
+def conv_bn_pairs(model: nn.Module, shape: tuple[int, ...] | None = None) -> list[tuple[str, str]]:
+    """(conv, batch-norm) module names where the batch-norm's input is that convolution's output, each run once, as
+    found on a probe forward of shape (C, H, W) (default: the model's `probe_shape`, else 32 px). Only a plain
+    BatchNorm2d qualifies (not a subclass with an activation, as timm's BatchNormAct2d), and a batch-norm that
+    normalises anything else (a block's input, a concatenation: pre-activation nets, DenseNets) is left alone."""
+    shape = shape or getattr(model, "probe_shape", None) or (input_channels(model), 32, 32)
+    outputs: dict[int, tuple[str, torch.Tensor]] = {}  # conv outputs, kept alive so that no id is reused
+    found: list[tuple[str, str]] = []
+    calls: Counter = Counter()
+    hooks = []
+    for name, module in model.named_modules():
+        if type(module) is nn.Conv2d:
+            def after(m, i, out, name=name):
+                calls[name] += 1
+                outputs[id(out)] = (name, out)
+            hooks.append(module.register_forward_hook(after))
+        elif type(module) is nn.BatchNorm2d:
+            def before(m, i, name=name):
+                calls[name] += 1
+                conv = outputs.get(id(i[0]))
+                if conv is not None and conv[1] is i[0]:  # this very tensor came out of that convolution
+                    found.append((conv[0], name))
+            hooks.append(module.register_forward_pre_hook(before))
+    try:
+        parameter = next(model.parameters())
+        with torch.no_grad(), eval_mode(model):
+            model(torch.rand(1, *shape, dtype=parameter.dtype, device=parameter.device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return [(conv, bn) for conv, bn in found if calls[conv] == 1 and calls[bn] == 1]
 
 
-def _fold_sequential(module: nn.Sequential) -> None:
-    """Conv2d, BatchNorm2d neighbours of an nn.Sequential."""
-    for i in range(len(module) - 1):
-        if isinstance(module[i], nn.Conv2d) and isinstance(module[i + 1], nn.BatchNorm2d):
-            module[i] = fuse_conv_bn_eval(module[i], module[i + 1])
-            module[i + 1] = nn.Identity()
+def _replace(model: nn.Module, name: str, module: nn.Module) -> None:
+    parent, _, child = name.rpartition(".")
+    setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
 def fold_batchnorm(model: nn.Module) -> nn.Module:
-    """An eval-mode copy of `model` with each BatchNorm2d folded into the Conv2d that feeds it. tests/test_fast.py
-    checks that the copy computes the same representation and logits for every registered architecture."""
+    """An eval-mode copy of `model` with each batch-norm that normalises one convolution's output folded into that
+    convolution (conv_bn_pairs). tests/unit/test_fast.py checks that the copy computes the same representation and
+    logits for every architecture it builds."""
     folded = copy.deepcopy(model).eval()
-    for module in list(folded.modules()):
-        if isinstance(module, nn.Sequential):
-            _fold_sequential(module)
-        _fold_named(module)
+    for conv, bn in conv_bn_pairs(folded):
+        _replace(folded, conv, fuse_conv_bn_eval(folded.get_submodule(conv), folded.get_submodule(bn)))
+        _replace(folded, bn, nn.Identity())
     return folded
 
 

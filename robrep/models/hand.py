@@ -1,8 +1,5 @@
-"""Models with a representation layer R(x) (the paper's penultimate layer), and the model registry.
-
-Every model takes [0,1] images and normalizes inside (mean/std are buffers), so attacks, objectives
-and stored images all live in [0,1] pixel units.
-"""
+"""The hand-written architectures: the CPU demo's small_cnn and every architecture of the robustness library's
+published robust models (its key names), each with its own `representation`."""
 
 from __future__ import annotations
 
@@ -15,30 +12,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from robrep.core.errors import ConfigError
-
-
-class _FakeReLU(torch.autograd.Function):
-    """ReLU forward, identity backward: a dead unit still passes gradient (paper A.6.1, Eq. 5)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        return grad
-
-
-class Normalize(nn.Module):
-    """(x - mean) / std per channel, with mean/std stored as buffers so they travel with checkpoints."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float]):
-        super().__init__()
-        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
-        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean) / self.std
+from robrep.models.base import Normalize, _activate
 
 
 def _conv_bn(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -93,10 +67,6 @@ class SmallCNN(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) in [0,1] -> logits (B, num_classes)."""
         return self.fc(self.representation(x))
-
-
-def _activate(x: torch.Tensor, fake: bool) -> torch.Tensor:
-    return _FakeReLU.apply(x) if fake else torch.relu(x)
 
 
 def _torchvision_block(block: nn.Module, x: torch.Tensor, fake_relu: bool) -> torch.Tensor:
@@ -234,7 +204,7 @@ class CifarResNet(nn.Module):
 
 # Every architecture of the robustness library's published robust models, under the library's own names where
 # it has one (wide_resnet50_2, vgg16_bn), plus the CPU demo's small_cnn.
-_REGISTRY: dict[str, Callable[..., nn.Module]] = {
+ARCHS: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": SmallCNN,
     "cifar_resnet18": lambda **kw: CifarResNet(18, **kw),
     "cifar_resnet50": lambda **kw: CifarResNet(50, **kw),
@@ -245,22 +215,3 @@ _REGISTRY: dict[str, Callable[..., nn.Module]] = {
     "vgg16": VGG16,
     "vgg16_bn": lambda **kw: VGG16(batch_norm=True, **kw),
 }
-
-
-def input_channels(model: nn.Module) -> int:
-    """How many channels a robrep model takes: its normalisation's (1 for a grey dataset)."""
-    return model.normalize.mean.shape[1]
-
-
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def create_model(name: str, num_classes: int, mean: Sequence[float], std: Sequence[float], **kwargs) -> nn.Module:
-    """Build a registered architecture. Raises ConfigError naming the known ones if `name` is unknown."""
-    if name not in _REGISTRY:
-        raise ConfigError(f"unknown model {name!r}; known models: {', '.join(list_models())}")
-    if name != "small_cnn" and len(mean) != 3:
-        raise ConfigError(f"model {name!r} takes RGB images, and this dataset has {len(mean)} channel(s): train "
-                          "small_cnn on it, or build the dataset as RGB")
-    return _REGISTRY[name](num_classes=num_classes, mean=mean, std=std, **kwargs)

@@ -1,0 +1,152 @@
+"""Any torchvision or timm classifier as a robrep model, against the libraries' own code: the logits are the
+library's, R(x) is its classifier's input (timm: forward_head(pre_logits=True)), the fake ReLU is the hand-written
+ResNet's where it applies and refused where it does not, batch-norm folding is exact, and PGD inverts through it."""
+
+import copy
+from collections import OrderedDict
+
+import pytest
+import timm
+import torch
+import torchvision
+from torch import nn
+
+from robrep.core.errors import ConfigError
+from robrep.fast import FastModel, conv_bn_pairs, fold_batchnorm
+from robrep.models import ResNet, create_model
+
+MEAN, STD = [0.4, 0.45, 0.5], [0.25, 0.22, 0.2]
+# (arch, image size, does R(x) follow a ReLU): a member of every family, small enough for a CPU.
+TORCHVISION = [("resnet18", 64, True), ("resnext50_32x4d", 64, True), ("wide_resnet50_2", 64, True),
+               ("densenet121", 64, True), ("vgg11_bn", 64, True), ("mobilenet_v2", 64, False),
+               ("mobilenet_v3_small", 64, False), ("shufflenet_v2_x0_5", 64, True), ("mnasnet0_5", 64, True),
+               ("efficientnet_b0", 64, False), ("convnext_tiny", 64, False), ("regnet_y_400mf", 64, True),
+               ("vit_b_16", 224, False), ("swin_t", 64, False)]
+TIMM = [("resnet18", 64, True), ("convnext_atto", 64, False), ("vit_tiny_patch16_224", 224, False),
+        ("efficientnet_b0", 64, False), ("densenet121", 64, True), ("mobilenetv3_small_050", 64, False)]
+CASES = [(f"torchvision.{a}", s, r) for a, s, r in TORCHVISION] + [(f"timm.{a}", s, r) for a, s, r in TIMM]
+
+
+def randomise_batchnorm(model: nn.Module) -> nn.Module:
+    """Non-trivial running statistics and affine terms, so folding has something to get wrong."""
+    for module in model.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    return model.eval()
+
+
+def library_model(arch: str, state: dict) -> nn.Module:
+    """The library's own network, built by the library, with the wrapped model's weights."""
+    family, name = arch.split(".", 1)
+    net = torchvision.models.get_model(name, weights=None, num_classes=10) if family == "torchvision" else \
+        timm.create_model(name, pretrained=False, num_classes=10)
+    own = OrderedDict((k[len("net."):], v) for k, v in state.items() if k.startswith("net."))
+    own._metadata = net.state_dict()._metadata  # layout versions (MNASNet's), as a library checkpoint has them
+    net.load_state_dict(own)
+    return net.eval()
+
+
+@pytest.mark.parametrize("arch, size, relu", CASES, ids=[c[0] for c in CASES])
+def test_logits_and_representation_are_the_librarys(arch, size, relu):
+    torch.manual_seed(0)
+    model = randomise_batchnorm(create_model(arch, 10, MEAN, STD, image_size=size))
+    net = library_model(arch, model.state_dict())
+    x = torch.rand(2, 3, size, size)
+    normalized = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), net(normalized), rtol=1e-5, atol=1e-5)
+        rep = model.representation(x)
+        if arch.startswith("timm."):
+            expected = net.forward_head(net.forward_features(normalized), pre_logits=True)
+        else:  # the library's network with its classifier taken out returns the classifier's input
+            name = model.head_name
+            cut = copy.deepcopy(net)
+            parent, _, child = name.rpartition(".")
+            setattr(cut.get_submodule(parent) if parent else cut, child, nn.Identity())
+            expected = cut(normalized)
+        torch.testing.assert_close(rep, torch.flatten(expected, 1), rtol=1e-5, atol=1e-5)
+        assert rep.shape == (2, model.representation_dim)
+    if relu:
+        fake = model.representation(x, fake_relu=True)
+        torch.testing.assert_close(fake.detach(), rep)  # the fake ReLU's forward is a ReLU
+    else:
+        with pytest.raises(ConfigError, match="fake_relu does not apply"):
+            model.representation(x, fake_relu=True)
+
+
+def test_the_fake_relu_is_the_hand_written_resnets():
+    """torchvision.resnet18's fake ReLU (found generically) gives the hand-written ResNet-18's gradients, which
+    differ from the true ReLU's (dead units pass gradient)."""
+    torch.manual_seed(0)
+    wrapped = randomise_batchnorm(create_model("torchvision.resnet18", 10, MEAN, STD, image_size=64))
+    hand = ResNet(18, 10, MEAN, STD).eval()
+    hand.load_state_dict({k.replace("net.", "", 1): v for k, v in wrapped.state_dict().items()})
+    x = torch.rand(2, 3, 64, 64)
+    grads = {}
+    for name, model in (("wrapped", wrapped), ("hand", hand)):
+        for fake in (False, True):
+            probe = x.clone().requires_grad_(True)
+            (model.representation(probe, fake_relu=fake) * torch.linspace(-1, 1, 512)).sum().backward()
+            grads[name, fake] = probe.grad
+    torch.testing.assert_close(grads["wrapped", True], grads["hand", True], rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(grads["wrapped", False], grads["hand", False], rtol=1e-4, atol=1e-6)
+    assert (grads["wrapped", True] - grads["wrapped", False]).abs().max() > 1e-4
+
+
+@pytest.mark.parametrize("arch, size", [(a, s) for a, s, _ in CASES], ids=[c[0] for c in CASES])
+def test_folding_batchnorm_is_exact_and_leaves_batchnorms_before_convolutions(arch, size):
+    torch.manual_seed(0)
+    model = randomise_batchnorm(create_model(arch, 10, MEAN, STD, image_size=size).double())
+    folded = fold_batchnorm(model)
+    x = torch.rand(2, 3, size, size, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(folded.representation(x), model.representation(x), rtol=1e-9, atol=1e-9)
+    left = sum(type(m) is nn.BatchNorm2d for m in folded.modules())
+    if arch.startswith("timm."):  # timm's BatchNormAct2d carries its activation: never folded into a convolution
+        assert all(type(m) is not nn.BatchNorm2d for m in model.modules()) or conv_bn_pairs(model)
+    if arch == "torchvision.densenet121":  # each layer's first batch-norm normalises a concatenation, before a conv
+        layers = sum(name.endswith("denselayer1") or "denselayer" in name.rsplit(".", 1)[-1]
+                     for name, _ in model.named_modules())
+        assert left == layers + 4  # norm1 of every dense layer, of the 3 transitions and the last (norm5) stay
+        assert len(conv_bn_pairs(model)) == layers + 1  # conv1 -> norm2 of every layer, and the stem's
+
+
+def test_pgd_inverts_and_visualizes_through_a_wrapped_model_and_fast_model_agrees():
+    """Eq. 4 and Eq. 5 through timm's ResNet-18 at 32 px: the inversion closes most of the distance in
+    representation; the visualization raises its coordinate (with the fake ReLU)."""
+    from robrep.objectives import inversion, visualization
+    from robrep.pgd import pgd
+
+    torch.manual_seed(0)
+    model = randomise_batchnorm(create_model("timm.resnet18", 10, MEAN, STD, image_size=32))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    target, start = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        target_rep = model.representation(target)
+        before = (model.representation(start) - target_rep).norm(dim=1)
+    result = pgd(inversion(model, target_rep), start, eps=1000.0, step_size=1.0, steps=40)
+    with torch.no_grad():
+        after = (model.representation(result.x) - target_rep).norm(dim=1)
+    assert (after < 0.5 * before).all(), (before, after)  # measured: after/before 0.1-0.2 at this seed
+    coordinate = torch.tensor([3, 7])
+    shown = pgd(visualization(model, coordinate), start, eps=1000.0, step_size=1.0, steps=20)
+    with torch.no_grad():
+        gained = model.representation(shown.x)[[0, 1], coordinate] - model.representation(start)[[0, 1], coordinate]
+    assert (gained > 0).all()
+    fast = FastModel(model, "cpu")
+    with torch.no_grad():
+        torch.testing.assert_close(fast.representation(target), target_rep, rtol=1e-4, atol=1e-4)
+
+
+def test_names_that_are_not_classifiers_are_refused():
+    with pytest.raises(ConfigError, match="unknown torchvision model 'resnet_19'"):
+        create_model("torchvision.resnet_19", 10, MEAN, STD)
+    with pytest.raises(ConfigError, match="unknown timm model"):
+        create_model("timm.not_a_model", 10, MEAN, STD)
+    with pytest.raises(ConfigError, match="not a Linear"):
+        create_model("torchvision.squeezenet1_0", 10, MEAN, STD)  # its classifier is a convolution
