@@ -138,13 +138,17 @@ PAPER_EVAL_ATTACK = AttackSpec(eps=3.0, steps=20, step_size=0.375, random_start=
 @dataclass(frozen=True)
 class EvaluateSpec:
     """jobs.evaluate: clean and PGD accuracy of one model. The model is a model_id in the store (`model`),
-    a robrep checkpoint folder (`checkpoint`), or a robustness-library .pt to import (`robustness_checkpoint`
-    with `arch` and `model_id`)."""
+    a robrep checkpoint folder (`checkpoint`), a robustness-library .pt to import (`robustness_checkpoint` with
+    `arch` and `model_id`), or a plain torchvision / timm state dict to import (`state_dict` with `arch` such as
+    torchvision.densenet161 or timm.convnext_tiny, `model_id`, and the `mean` and `std` it was trained with)."""
 
     model: str | None = None
     checkpoint: str | None = None
     robustness_checkpoint: str | None = None
-    arch: str | None = None  # of an imported checkpoint, e.g. cifar_resnet50
+    state_dict: str | None = None  # a plain torchvision / timm state dict (.pt, .pth) to import
+    arch: str | None = None  # of an imported checkpoint, e.g. cifar_resnet50, torchvision.densenet161, timm.resnet50
+    mean: tuple[float, ...] | None = None  # a state dict's normalisation (the files hold none)
+    std: tuple[float, ...] | None = None
     model_id: str | None = None  # its name in the store (default: the checkpoint's)
     data: str | None = None  # the test .beton (default: <data.dir>/test.beton)
     attack: AttackSpec = PAPER_EVAL_ATTACK
@@ -162,18 +166,22 @@ class EvaluateSpec:
             check_name(self.model_id, "evaluate.model_id")
         if not 0 <= self.apgd_steps <= 100_000:
             raise ConfigError(f"evaluate.apgd_steps={self.apgd_steps} must be within [0, 100000] (0: no APGD)")
-        given = [k for k in ("model", "checkpoint", "robustness_checkpoint") if getattr(self, k)]
+        given = [k for k in ("model", "checkpoint", "robustness_checkpoint", "state_dict") if getattr(self, k)]
         if len(given) != 1:
             raise ConfigError("evaluate needs exactly one of model (a model_id in the store), checkpoint (a robrep "
-                              f"checkpoint folder) or robustness_checkpoint (a .pt to import); got {given or 'none'}")
-        if self.robustness_checkpoint and not (self.arch and self.model_id):
-            raise ConfigError("evaluate.robustness_checkpoint needs evaluate.arch and evaluate.model_id "
-                              "(--arch, --model-id)")
+                              "checkpoint folder), robustness_checkpoint or state_dict (a .pt to import); got "
+                              f"{given or 'none'}")
+        for key in ("robustness_checkpoint", "state_dict"):
+            if getattr(self, key) and not (self.arch and self.model_id):
+                raise ConfigError(f"evaluate.{key} needs evaluate.arch and evaluate.model_id (--arch, --model-id)")
+        if self.state_dict and not (self.mean and self.std and len(self.mean) == len(self.std)):
+            raise ConfigError("evaluate.state_dict needs the normalisation it was trained with, one value per "
+                              "channel: --set evaluate.mean=[0.485,0.456,0.406] --set evaluate.std=[0.229,0.224,0.225]")
         if not 1 <= self.batch_size <= 65_536 or not 1 <= self.shards <= 10_000:
             raise ConfigError("evaluate.batch_size must be within [1, 65536] and evaluate.shards within [1, 10000]")
         if self.max_images is not None and not 1 <= self.max_images <= MAX_IMAGES:
             raise ConfigError(f"evaluate.max_images={self.max_images} must be within [1, {MAX_IMAGES}]")
-        for key in ("checkpoint", "robustness_checkpoint"):
+        for key in ("checkpoint", "robustness_checkpoint", "state_dict"):
             if getattr(self, key):
                 check(getattr(self, key), f"evaluate.{key}")
         if self.data is not None and is_uri(self.data):

@@ -9,6 +9,9 @@ the paper's Table 4/5. The attack defaults are the paper's (A.4): L2, eps 3.0, 2
     python -m jobs.evaluate --robustness-checkpoint cifar_l2_0_5.pt --arch cifar_resnet50 --model-id cifar_l2_0.5 \
         --data /data/c10_test.beton --store /mnt/shared/robrep/store --storage-path /mnt/shared/robrep/ckpt \
         --eps 0.5 --step-size 0.0625 --gpus 1
+    # A plain torchvision or timm state dict, with the normalisation it was trained with.
+    python -m jobs.evaluate --state-dict densenet161_l2_3.pth --arch torchvision.densenet161 --model-id dn161_l2_3 \
+        --set evaluate.mean=[0.485,0.456,0.406] --set evaluate.std=[0.229,0.224,0.225] --data imagenet_val.beton ...
 
 Every flag is an alias of a key of the config's `evaluate:` section (or of store, storage_path, ray.address).
 """
@@ -28,7 +31,8 @@ ALIASES = (
     Alias("--model", "evaluate.model", help="a model_id in the store"),
     Alias("--checkpoint", "evaluate.checkpoint", help="a robrep checkpoint folder (model.pt + meta.json)"),
     Alias("--robustness-checkpoint", "evaluate.robustness_checkpoint", help="a robustness-library .pt to import"),
-    Alias("--arch", "evaluate.arch", help="arch of an imported checkpoint, e.g. cifar_resnet50"),
+    Alias("--state-dict", "evaluate.state_dict", help="a plain torchvision/timm state dict to import"),
+    Alias("--arch", "evaluate.arch", help="arch of an imported checkpoint, e.g. cifar_resnet50, timm.resnet50"),
     Alias("--model-id", "evaluate.model_id", help="name in the store (default: the checkpoint's)"),
     Alias("--data", "evaluate.data", help="the test .beton (default: <data.dir>/test.beton)"),
     Alias("--store", "store", help="the store root"),
@@ -66,13 +70,16 @@ def table_4(rows: list[dict]) -> str:
 
 
 def import_model(config: ExperimentConfig, num_classes: int, dataset: str) -> tuple[str, dict]:
-    """Import a robustness-library checkpoint into robrep's format and the models table."""
-    from robrep.checkpoint import import_robustness_checkpoint, model_digest, save_checkpoint
+    """Import a robustness-library checkpoint or a plain state dict into robrep's format and the models table."""
+    from robrep.checkpoint import import_robustness_checkpoint, import_state_dict, model_digest, save_checkpoint
     from robrep.store.commit import append_rows
     from robrep.store.schema import MODELS_SCHEMA, now_utc, to_table
 
     spec = config.evaluate
-    model, meta = import_robustness_checkpoint(spec.robustness_checkpoint, spec.arch, num_classes)
+    if spec.state_dict:
+        model, meta = import_state_dict(spec.state_dict, spec.arch, num_classes, list(spec.mean), list(spec.std))
+    else:
+        model, meta = import_robustness_checkpoint(spec.robustness_checkpoint, spec.arch, num_classes)
     # In storage_path, else beside the store (a folder or a URI either way).
     base = config.storage_root if config.storage_path else parent(config.store_root)
     checkpoint = join(base, "imported", spec.model_id)
@@ -91,7 +98,7 @@ def resolve_checkpoint(config: ExperimentConfig, num_classes: int, dataset: str)
     from robrep.store import find_model
 
     spec = config.evaluate
-    if spec.robustness_checkpoint:
+    if spec.robustness_checkpoint or spec.state_dict:
         return import_model(config, num_classes, dataset)
     if spec.model:
         row = find_model(config.store_root, spec.model)
@@ -111,7 +118,7 @@ def main(config: ExperimentConfig) -> None:
 
     spec = config.evaluate
     if spec is None:
-        raise ConfigError("jobs.evaluate needs a model: --model, --checkpoint or --robustness-checkpoint "
+        raise ConfigError("jobs.evaluate needs a model: --model, --checkpoint, --robustness-checkpoint or --state-dict "
                           "(the config's evaluate: section)")
     data = str(Path(spec.data).resolve() if spec.data else config.data.local("test"))
     source = None if spec.data else config.data.stage_source("test")  # shards on other nodes stage it too

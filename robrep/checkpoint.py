@@ -15,7 +15,7 @@ from torch import nn
 
 from robrep.core.errors import CheckpointError, ConfigError, StorageError
 from robrep.core.location import absolute, digest_bytes, join, read_bytes, redact, write_bytes
-from robrep.models import create_model
+from robrep.models import Wrapped, create_model
 
 REQUIRED_META = ("arch", "num_classes", "mean", "std")
 
@@ -99,6 +99,17 @@ ROBUSTNESS_PREFIX = "module.model."
 ROBUSTNESS_NORMALIZER = {"module.normalizer.new_mean": "normalize.mean", "module.normalizer.new_std": "normalize.std"}
 
 
+# Where the library's own class renamed a torchvision layer (its AlexNet's last Linear is `last_layer`).
+ROBUSTNESS_RENAMES = {"alexnet": {"last_layer.": "classifier.6."}}
+
+
+def _renamed(key: str, renames: dict[str, str]) -> str:
+    for old, new in renames.items():
+        if key.startswith(old):
+            return new + key[len(old):]
+    return key
+
+
 def import_robustness_checkpoint(
     path: str | Path, arch: str, num_classes: int, meta: dict | None = None
 ) -> tuple[nn.Module, dict]:
@@ -135,12 +146,58 @@ def import_robustness_checkpoint(
         model = create_model(arch, num_classes, mean, std)
     except ConfigError as e:
         raise CheckpointError(str(e)) from e
+    if isinstance(model, Wrapped):  # a torchvision architecture the library trained: its keys are torchvision's
+        renames = ROBUSTNESS_RENAMES.get(arch.split(".", 1)[1], {})
+        weights = {k if k.startswith("normalize.") else f"net.{_renamed(k, renames)}": v for k, v in weights.items()}
     _load_exact(model, weights, f"{path} (as {arch})")
     model.eval()
     info = {
         "arch": arch, "num_classes": num_classes, "mean": mean, "std": std, "source": "robustness",
         "source_path": path, "epoch": blob.get("epoch"), **(meta or {}),
     }
+    return model, info
+
+
+def import_state_dict(path: str | Path, arch: str, num_classes: int, mean: list[float], std: list[float],
+                      meta: dict | None = None) -> tuple[nn.Module, dict]:
+    """Load a plain torchvision or timm state dict (arch `torchvision.<builder>` / `timm.<model>`), as the libraries
+    and most papers publish them: the weights alone, or under "state_dict" / "model", with or without DataParallel's
+    "module." prefix. Such a file holds no normalisation: `mean` and `std` state the one it was trained with.
+    Raises CheckpointError when the file is unreadable or its keys do not fit `arch`."""
+    path = absolute(path)
+    try:
+        data = read_bytes(path)
+    except (FileNotFoundError, OSError, StorageError) as e:
+        raise CheckpointError(f"no state dict at {redact(path)!r}: {e}") from e
+    path = redact(path)
+    try:
+        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except Exception as e:  # unsafe pickles and corrupt files raise several types
+        raise CheckpointError(f"cannot read {path} with weights_only=True: {e}") from e
+    state = blob
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"{path} is not a state dict of tensors (nor holds one under 'state_dict' or 'model')")
+    if state and all(k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    if len(mean) != len(std) or not all(s > 0 for s in std):
+        raise CheckpointError(f"{path}: mean {mean} and std {std} must have one value per channel, std > 0")
+    try:
+        model = create_model(arch, num_classes, mean, std)
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from e
+    if not isinstance(model, Wrapped):
+        raise CheckpointError(f"arch {arch!r}: a plain state dict imports into torchvision.<builder> or "
+                              "timm.<model>; robustness-library checkpoints import with import_robustness_checkpoint")
+    own = model.state_dict()
+    weights = {f"net.{k}": v for k, v in state.items()}
+    weights.update({k: own[k] for k in ("normalize.mean", "normalize.std")})
+    _load_exact(model, weights, f"{path} (as {arch})")
+    model.eval()
+    info = {"arch": arch, "num_classes": num_classes, "mean": list(mean), "std": list(std),
+            "source": arch.split(".", 1)[0], "source_path": path, **(meta or {})}
     return model, info
 
 

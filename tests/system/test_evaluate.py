@@ -36,6 +36,32 @@ def test_evaluate_imports_and_writes_table_4(tmp_path):
     assert wrong.returncode == 2 and "CheckpointError" in wrong.stderr and "missing" in wrong.stderr
 
 
+def test_evaluate_imports_a_plain_timm_state_dict_with_its_normalisation(tmp_path):
+    """Any timm (or torchvision) classifier: its own state dict, the normalisation stated, evaluated through Ray
+    (our PGD and APGD on the wrapped model) and recorded as a model the fan-out can use by model_id."""
+    import timm
+
+    from robrep.checkpoint import load_checkpoint
+
+    torch.manual_seed(0)
+    torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), tmp_path / "rn18.pth")
+    write_beton(tmp_path / "test.beton", sources.synthetic(num_classes=10, per_class=2, resolution=32))
+    common = ["--state-dict", str(tmp_path / "rn18.pth"), "--arch", "timm.resnet18", "--model-id", "timm_rn18",
+              "--data", str(tmp_path / "test.beton"), "--store", str(tmp_path / "store")]
+    unstated = run_module("jobs.evaluate", *common)
+    assert unstated.returncode == 2 and "needs the normalisation it was trained with" in unstated.stderr
+    proc = run_module("jobs.evaluate", *common, "--set", f"evaluate.mean={CIFAR_MEAN}", "--set",
+                      f"evaluate.std={CIFAR_STD}", "--eps", "0.5", "--steps", "2", "--step-size", "0.25",
+                      "--apgd-steps", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "timm_rn18" in proc.stdout and "APGD-2" in proc.stdout
+    models = pd.read_parquet(tmp_path / "store" / "models")
+    assert models[["model_id", "arch"]].values.tolist() == [["timm_rn18", "timm.resnet18"]]
+    model, meta = load_checkpoint(models["checkpoint"].iloc[0])
+    assert meta["source"] == "timm" and meta["mean"] == pytest.approx(CIFAR_MEAN)
+    assert model.representation(torch.rand(1, 3, 32, 32)).shape == (1, 512)
+
+
 def test_apgd_finds_no_more_than_our_pgd_on_the_trained_robust_model(trained_pair):
     """AutoAttack's APGD-CE and APGD-DLR (torchattacks, an independent implementation) at the same eps against our
     PGD-20 on the trained digits robust model, on every test image: APGD's accuracy is at most ours + 0.02, and

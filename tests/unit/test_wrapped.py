@@ -150,3 +150,61 @@ def test_names_that_are_not_classifiers_are_refused():
         create_model("timm.not_a_model", 10, MEAN, STD)
     with pytest.raises(ConfigError, match="not a Linear"):
         create_model("torchvision.squeezenet1_0", 10, MEAN, STD)  # its classifier is a convolution
+
+
+@pytest.mark.parametrize("name", ["densenet121", "vgg11_bn", "resnext50_32x4d", "alexnet"])
+def test_robustness_checkpoints_of_torchvision_architectures_import_with_the_librarys_outputs(tmp_path, name):
+    """The library's own classes (its imagenet_models, which it trained the ImageNet zoo with), saved in its
+    layout: imported as torchvision.<name>, the same logits, latent and fake-ReLU input gradient."""
+    from helpers import robustness_layout
+    from test_checkpoint import library_models
+
+    from robrep.checkpoint import import_robustness_checkpoint
+
+    imagenet_models, _ = library_models()
+    torch.manual_seed(0)
+    reference = randomise_batchnorm(getattr(imagenet_models, name)(num_classes=9))
+    torch.save(robustness_layout(reference.state_dict(), MEAN, STD), tmp_path / "r.pt")
+    model, meta = import_robustness_checkpoint(tmp_path / "r.pt", f"torchvision.{name}", 9)
+    size = 224 if name == "alexnet" else 64
+    x = torch.rand(2, 3, size, size, requires_grad=True)
+    normalized = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    logits, latent = reference(normalized, with_latent=True, fake_relu=True)
+    ours = model.representation(x, fake_relu=True)
+    torch.testing.assert_close(model(x), logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(ours, latent.flatten(1), atol=1e-5, rtol=1e-5)
+    coordinate = int(latent.flatten(1)[0].argmin())  # a dead unit where there is one
+    expected = torch.autograd.grad(latent.flatten(1)[0, coordinate], x)[0]
+    torch.testing.assert_close(torch.autograd.grad(ours[0, coordinate], x)[0], expected, atol=1e-5, rtol=1e-4)
+    assert meta["arch"] == f"torchvision.{name}" and meta["source"] == "robustness"
+
+
+def test_plain_state_dicts_import_with_their_stated_normalisation(tmp_path):
+    from robrep.checkpoint import import_state_dict, load_checkpoint, save_checkpoint
+    from robrep.core.errors import CheckpointError
+
+    torch.manual_seed(0)
+    for arch, build, wrap in [
+        ("torchvision.resnet18", lambda: torchvision.models.resnet18(num_classes=7), lambda s: {"state_dict": {
+            f"module.{k}": v for k, v in s.items()}}),  # DataParallel's prefix, under "state_dict"
+        ("timm.convnext_atto", lambda: timm.create_model("convnext_atto", num_classes=7), lambda s: s),
+    ]:
+        net = randomise_batchnorm(build())
+        torch.save(wrap(net.state_dict()), tmp_path / "w.pt")
+        model, meta = import_state_dict(tmp_path / "w.pt", arch, 7, MEAN, STD)
+        x = torch.rand(2, 3, 64, 64)
+        normalized = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), net(normalized), rtol=1e-5, atol=1e-5)
+        save_checkpoint(tmp_path / arch, model, meta)  # a robrep checkpoint, loaded back as any other
+        loaded, _ = load_checkpoint(tmp_path / arch)
+        with torch.no_grad():
+            torch.testing.assert_close(loaded(x), model(x))
+        assert meta["mean"] == MEAN and meta["source"] == arch.split(".")[0]
+    with pytest.raises(CheckpointError, match="does not match: .*missing"):
+        import_state_dict(tmp_path / "w.pt", "timm.resnet18", 7, MEAN, STD)  # convnext weights, resnet arch
+    torch.save({"evil": nn.ReLU()}, tmp_path / "evil.pt")
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        import_state_dict(tmp_path / "evil.pt", "timm.resnet18", 7, MEAN, STD)
+    with pytest.raises(CheckpointError, match="plain state dict imports into torchvision"):
+        import_state_dict(tmp_path / "w.pt", "cifar_resnet18", 7, MEAN, STD)
