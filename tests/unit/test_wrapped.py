@@ -50,7 +50,7 @@ def library_model(arch: str, state: dict) -> nn.Module:
 
 
 @pytest.mark.parametrize("arch, size, relu", CASES, ids=[c[0] for c in CASES])
-def test_logits_and_representation_are_the_librarys(arch, size, relu):
+def test_logits_and_representation_are_the_librarys_and_folding_is_exact(arch, size, relu):
     torch.manual_seed(0)
     model = randomise_batchnorm(create_model(arch, 10, MEAN, STD, image_size=size))
     net = library_model(arch, model.state_dict())
@@ -62,9 +62,8 @@ def test_logits_and_representation_are_the_librarys(arch, size, relu):
         if arch.startswith("timm."):
             expected = net.forward_head(net.forward_features(normalized), pre_logits=True)
         else:  # the library's network with its classifier taken out returns the classifier's input
-            name = model.head_name
             cut = copy.deepcopy(net)
-            parent, _, child = name.rpartition(".")
+            parent, _, child = model.head_name.rpartition(".")
             setattr(cut.get_submodule(parent) if parent else cut, child, nn.Identity())
             expected = cut(normalized)
         torch.testing.assert_close(rep, torch.flatten(expected, 1), rtol=1e-5, atol=1e-5)
@@ -75,6 +74,22 @@ def test_logits_and_representation_are_the_librarys(arch, size, relu):
     else:
         with pytest.raises(ConfigError, match="fake_relu does not apply"):
             model.representation(x, fake_relu=True)
+
+    # Batch-norm folding (FastModel's) is exact, in float64, and leaves batch-norms that precede a convolution.
+    model = model.double()
+    folded = fold_batchnorm(model)
+    x = x.double()
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(folded.representation(x), model.representation(x), rtol=1e-9, atol=1e-9)
+    left = sum(type(m) is nn.BatchNorm2d for m in folded.modules())
+    def with_activation(m):  # timm's BatchNormAct2d carries its activation: never folded into a convolution
+        return sum(type(x).__name__ == "BatchNormAct2d" for x in m.modules())
+    assert with_activation(folded) == with_activation(model)
+    if arch == "torchvision.densenet121":  # each layer's first batch-norm normalises a concatenation, before a conv
+        layers = sum("denselayer" in name.rsplit(".", 1)[-1] for name, _ in model.named_modules())
+        assert left == layers + 4  # norm1 of every dense layer, of the 3 transitions and the last (norm5) stay
+        assert len(conv_bn_pairs(model)) == layers + 1  # conv1 -> norm2 of every layer, and the stem's
 
 
 def test_the_fake_relu_is_the_hand_written_resnets():
@@ -94,25 +109,6 @@ def test_the_fake_relu_is_the_hand_written_resnets():
     torch.testing.assert_close(grads["wrapped", True], grads["hand", True], rtol=1e-4, atol=1e-6)
     torch.testing.assert_close(grads["wrapped", False], grads["hand", False], rtol=1e-4, atol=1e-6)
     assert (grads["wrapped", True] - grads["wrapped", False]).abs().max() > 1e-4
-
-
-@pytest.mark.parametrize("arch, size", [(a, s) for a, s, _ in CASES], ids=[c[0] for c in CASES])
-def test_folding_batchnorm_is_exact_and_leaves_batchnorms_before_convolutions(arch, size):
-    torch.manual_seed(0)
-    model = randomise_batchnorm(create_model(arch, 10, MEAN, STD, image_size=size).double())
-    folded = fold_batchnorm(model)
-    x = torch.rand(2, 3, size, size, dtype=torch.float64)
-    with torch.no_grad():
-        torch.testing.assert_close(folded(x), model(x), rtol=1e-9, atol=1e-9)
-        torch.testing.assert_close(folded.representation(x), model.representation(x), rtol=1e-9, atol=1e-9)
-    left = sum(type(m) is nn.BatchNorm2d for m in folded.modules())
-    if arch.startswith("timm."):  # timm's BatchNormAct2d carries its activation: never folded into a convolution
-        assert all(type(m) is not nn.BatchNorm2d for m in model.modules()) or conv_bn_pairs(model)
-    if arch == "torchvision.densenet121":  # each layer's first batch-norm normalises a concatenation, before a conv
-        layers = sum(name.endswith("denselayer1") or "denselayer" in name.rsplit(".", 1)[-1]
-                     for name, _ in model.named_modules())
-        assert left == layers + 4  # norm1 of every dense layer, of the 3 transitions and the last (norm5) stay
-        assert len(conv_bn_pairs(model)) == layers + 1  # conv1 -> norm2 of every layer, and the stem's
 
 
 def test_pgd_inverts_and_visualizes_through_a_wrapped_model_and_fast_model_agrees():
