@@ -204,3 +204,11 @@ def test_plain_state_dicts_import_with_their_stated_normalisation(tmp_path):
         import_state_dict(tmp_path / "evil.pt", "timm.resnet18", 7, MEAN, STD)
     with pytest.raises(CheckpointError, match="plain state dict imports into torchvision"):
         import_state_dict(tmp_path / "w.pt", "cifar_resnet18", 7, MEAN, STD)
+
+
+def test_a_plan_reads_the_width_of_r_on_the_meta_device():
+    """The fan-out's plan builds each model on the meta device (no weights, no data) to learn R's width."""
+    for arch, width in [("torchvision.resnet18", 512), ("timm.convnext_atto", 320), ("torchvision.vit_b_16", 768)]:
+        with torch.device("meta"):
+            model = create_model(arch, 10, MEAN, STD)
+        assert model.representation_dim == width
