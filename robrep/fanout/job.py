@@ -230,6 +230,7 @@ class JobKind:
     tunable: bool = False  # jobs.tune's inversion step_size / steps apply (`--from-tune`)
     varies: tuple[str, ...] = ()  # from_block params its blocks vary per job (invert_sweep: eps, its radius)
     judged: bool = False  # a judge's label of its images means something (they aim at a target's class)
+    fake_relu: bool = False  # its objective runs R(x) through the fake ReLU (Eq. 5): only models it applies to
 
     @property
     def setting_names(self) -> tuple[str, ...]:

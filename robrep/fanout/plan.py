@@ -17,6 +17,7 @@ from robrep.fanout.job import BlockSpec, ExpandContext, Job
 from robrep.fanout.kinds.invert import InvertSpec
 from robrep.fanout.registry import block_from_config, get_kind
 from robrep.fanout.selection import IndexSpec, select_indices
+from robrep.models import fake_relu_problem
 from robrep.store import find_model
 
 MAX_BATCH = 65_536
@@ -67,6 +68,7 @@ class ModelRef:
     eps: float
     representation_dim: int
     digest: str  # of its weights
+    no_fake_relu: str = ""  # why the fake ReLU does not apply to it (a GELU network's R(x)); "": it applies
 
 
 @dataclass(frozen=True)
@@ -100,10 +102,11 @@ def resolve_model(store: str, name: str, num_classes: int) -> ModelRef:
     if meta["num_classes"] != num_classes:
         raise ConfigError(f"model {name!r} has {meta['num_classes']} classes but the split has {num_classes}: "
                           "they do not belong together")
-    with torch.device("meta"):
-        dim = model_from_meta(meta).representation_dim
+    with torch.device("meta"):  # the architecture alone: no weights are read
+        model = model_from_meta(meta)
+        why = fake_relu_problem(model)
     return ModelRef(row["model_id"], str(row["checkpoint"]), bool(row.get("robust")), float(row.get("eps") or 0.0),
-                    dim, model_digest(row["checkpoint"]))
+                    model.representation_dim, model_digest(row["checkpoint"]), why or "")
 
 
 def judges(fan: FanoutSpec, models: dict[str, ModelRef], judge: ModelRef | None) -> dict[str, ModelRef | None]:
@@ -161,6 +164,9 @@ def plan_jobs(fan: FanoutSpec, models: dict[str, ModelRef], split: SplitRef, lab
     jobs: dict[str, Job] = {}
     for block in blocks:
         for name in block.models or fan.models:
+            if get_kind(block.kind).fake_relu and models[name].no_fake_relu:
+                raise ConfigError(f"fanout.jobs {block.kind}: {models[name].no_fake_relu}; leave {name} out of "
+                                  "this block (give it `models:` without it)")
             other = other_dataset(block)
             block_split, block_labels = targets[other] if other else (split, labels)
             for job in expand_block(block, fan, models[name], block_split, block_labels, judge_of[name],

@@ -17,7 +17,12 @@ from robrep.models.hand import ARCHS, VGG16, CifarResNet, ResNet, SmallCNN
 from robrep.models.wrapped import FAMILIES, Wrapped, is_wrapped
 
 __all__ = ["ARCHS", "FAMILIES", "VGG16", "CifarResNet", "Normalize", "ResNet", "SmallCNN", "Wrapped", "_FakeReLU",
-           "create_model", "input_channels", "list_models"]
+           "create_model", "fake_relu_problem", "input_channels", "list_models"]
+
+
+def fake_relu_problem(model: nn.Module) -> str | None:
+    """Why the fake ReLU does not apply to `model` (its R(x) follows no ReLU), or None where it does."""
+    return model.fake_relu_problem() if isinstance(model, Wrapped) else None
 
 
 def list_models() -> list[str]:

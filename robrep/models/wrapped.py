@@ -181,6 +181,14 @@ class Wrapped(nn.Module):
             raise ConfigError(self._relu_call)
         return self._relu_call
 
+    def fake_relu_problem(self) -> str | None:
+        """Why the fake ReLU does not apply to this network, or None (on a probe input; works on the meta device)."""
+        try:
+            self._last_relu(torch.zeros(1, *self.probe_shape, device=self.normalize.mean.device))
+        except ConfigError as e:
+            return str(e)
+        return None
+
     def representation(self, x: torch.Tensor, fake_relu: bool = False) -> torch.Tensor:
         """x: (B, C, H, W) in [0,1] -> R(x): (B, D)."""
         if not fake_relu:

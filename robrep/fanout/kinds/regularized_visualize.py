@@ -74,4 +74,4 @@ PARAMS = (*PGD_PARAMS, COORDINATE,
           Param("jitter", pa.int32(), 0, from_block=True, batch=True, later=True),  # pixels of shift per step
           Param("max_degrees", pa.float32(), 0.0, from_block=True, batch=True, later=True))  # degrees of rotation
 KIND = JobKind("regularized_visualize", RegularizedVisualizeSpec, expand_coordinates, run, params=PARAMS,
-               report=report, report_with=("visualize",))
+               report=report, report_with=("visualize",), fake_relu=True)

@@ -42,4 +42,5 @@ def report(report, rows, lookup: dict) -> None:
                     f"Fig. 7, {model_id}: each row maximises the columns' coordinates from the same start")
 
 
-KIND = JobKind("visualize", VisualizeSpec, expand_coordinates, run, params=(*PGD_PARAMS, COORDINATE), report=report)
+KIND = JobKind("visualize", VisualizeSpec, expand_coordinates, run, params=(*PGD_PARAMS, COORDINATE), report=report,
+               fake_relu=True)
