@@ -95,3 +95,20 @@ def test_jobs_that_differ_in_a_batch_parameter_never_share_a_batch():
     assert len(pack([a, b, c], 8)) == 2 and a.job_id != b.job_id != c.job_id
     with pytest.raises(AttributeError, match="has no parameter 'lam'"):
         _ = a.lam
+
+
+@pytest.mark.parametrize("name", [k.name for k in KINDS.values() if k.fake_relu])
+def test_a_fake_relu_kind_is_refused_for_a_model_it_does_not_apply_to(name):
+    """visualize, regularized_visualize and manipulate run R(x) through the fake ReLU: a model whose R(x) follows
+    no ReLU (ModelRef.no_fake_relu, read from its architecture) is refused at the door, naming the model; the other
+    kinds plan on it as on any model."""
+    from robrep.core.errors import ConfigError
+
+    gelu = {**MODELS, "std": ModelRef("std", "/ck/std", False, 0.0, 16, "b" * 64, "fake_relu does not apply to x")}
+    fan = from_dict(FanoutSpec, {"models": ["rob", "std"], "jobs": [BLOCKS[name]]}, "fanout.")
+    with pytest.raises(ConfigError, match=f"fanout.jobs {name}: fake_relu does not apply to x; leave std out"):
+        plan_jobs(fan, gelu, SPLIT, LABELS)
+    assert plan_jobs(from_dict(FanoutSpec, {"models": ["rob", "std"], "jobs": [{**BLOCKS[name], "models": ["rob"]}]},
+                               "fanout."), gelu, SPLIT, LABELS)
+    assert plan_jobs(from_dict(FanoutSpec, {"models": ["rob", "std"], "jobs": [BLOCKS["invert"]]}, "fanout."),
+                     gelu, SPLIT, LABELS)
