@@ -164,11 +164,14 @@ class Wrapped(nn.Module):
         if self._relu_call is None:
             log = _Log()
             hook = self.head.register_forward_pre_hook(lambda *_: setattr(log, "stop", True))
+            was = self.training
+            self.eval()  # one image: batch-norm in training mode could not take it
             try:
                 with torch.no_grad(), log:
                     self.net(self.normalize(x[:1]))
             finally:
                 hook.remove()
+                self.train(was)
             relus = [i for i, f in enumerate(log.calls) if f in _RELUS]
             after = log.calls[relus[-1] + 1:] if relus else []
             others = [getattr(f, "__name__", str(f)) for f in after if f not in _AFTER_RELU]

@@ -207,8 +207,14 @@ def test_plain_state_dicts_import_with_their_stated_normalisation(tmp_path):
 
 
 def test_a_plan_reads_the_width_of_r_on_the_meta_device():
-    """The fan-out's plan builds each model on the meta device (no weights, no data) to learn R's width."""
-    for arch, width in [("torchvision.resnet18", 512), ("timm.convnext_atto", 320), ("torchvision.vit_b_16", 768)]:
+    """The fan-out's plan builds each model on the meta device (no weights, no data) to learn R's width and whether
+    the fake ReLU applies."""
+    from robrep.models import fake_relu_problem
+
+    for arch, width, relu in [("torchvision.resnet18", 512, True), ("timm.convnext_atto", 320, False),
+                              ("torchvision.vit_b_16", 768, False)]:
         with torch.device("meta"):
-            model = create_model(arch, 10, MEAN, STD)
-        assert model.representation_dim == width
+            model = create_model(arch, 10, MEAN, STD)  # in training mode, as built: the probe runs in eval mode
+            problem = fake_relu_problem(model)
+        assert model.representation_dim == width and model.training
+        assert (problem is None) == relu and (relu or "fake_relu does not apply" in problem)
