@@ -99,6 +99,19 @@ ROBUSTNESS_PREFIX = "module.model."
 ROBUSTNESS_NORMALIZER = {"module.normalizer.new_mean": "normalize.mean", "module.normalizer.new_std": "normalize.std"}
 
 
+def _load_file(path: str | Path, what: str) -> tuple[object, str]:
+    """(what torch.load(weights_only=True) reads from the file at a path or URI, the location as shown)."""
+    path = absolute(path)
+    try:
+        data = read_bytes(path)
+    except (FileNotFoundError, OSError, StorageError) as e:
+        raise CheckpointError(f"no {what} at {redact(path)!r}: {e}") from e
+    try:
+        return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True), redact(path)
+    except Exception as e:  # unsafe pickles and corrupt files raise several types
+        raise CheckpointError(f"cannot read {redact(path)} with weights_only=True: {e}") from e
+
+
 # Where the library's own class renamed a torchvision layer (its AlexNet's last Linear is `last_layer`).
 ROBUSTNESS_RENAMES = {"alexnet": {"last_layer.": "classifier.6."}}
 
@@ -117,16 +130,7 @@ def import_robustness_checkpoint(
 
     Raises CheckpointError when the file is unreadable, is not in that layout, or does not fit `arch`.
     """
-    path = absolute(path)
-    try:
-        data = read_bytes(path)
-    except (FileNotFoundError, OSError, StorageError) as e:
-        raise CheckpointError(f"no robustness checkpoint at {redact(path)!r}: {e}") from e
-    path = redact(path)
-    try:
-        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # unsafe pickles and corrupt files raise several types
-        raise CheckpointError(f"cannot read {path} with weights_only=True: {e}") from e
+    blob, path = _load_file(path, "robustness checkpoint")
     state = blob.get("model", blob.get("state_dict")) if isinstance(blob, dict) else None
     if not isinstance(state, dict):
         raise CheckpointError(f"{path} has no 'model' or 'state_dict' entry; keys: {list(blob)[:10]}")
@@ -164,16 +168,7 @@ def import_state_dict(path: str | Path, arch: str, num_classes: int, mean: list[
     and most papers publish them: the weights alone, or under "state_dict" / "model", with or without DataParallel's
     "module." prefix. Such a file holds no normalisation: `mean` and `std` state the one it was trained with.
     Raises CheckpointError when the file is unreadable or its keys do not fit `arch`."""
-    path = absolute(path)
-    try:
-        data = read_bytes(path)
-    except (FileNotFoundError, OSError, StorageError) as e:
-        raise CheckpointError(f"no state dict at {redact(path)!r}: {e}") from e
-    path = redact(path)
-    try:
-        blob = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
-    except Exception as e:  # unsafe pickles and corrupt files raise several types
-        raise CheckpointError(f"cannot read {path} with weights_only=True: {e}") from e
+    blob, path = _load_file(path, "state dict")
     state = blob
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
