@@ -101,7 +101,8 @@ def _temp_beside(path: str) -> str:
     return f"{os.path.dirname(path)}/.{os.path.basename(path)}.{uuid.uuid4().hex[:8]}.tmp"
 
 
-def _fsync_dir(folder: str) -> None:
+def fsync_folder(folder: str) -> None:
+    """fsync a local folder: its entries (a rename, a deletion) survive a power loss."""
     fd = os.open(folder, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -139,9 +140,9 @@ def write_atomic(fs: pafs.FileSystem, path: str, write: Callable[[BinaryIO], Non
     if fault:
         fault_point(f"{fault}.after_rename")
     if durable:
-        _fsync_dir(folder)
+        fsync_folder(folder)
         if created:  # the new folder's own entry
-            _fsync_dir(os.path.dirname(folder))
+            fsync_folder(os.path.dirname(folder))
     return path
 
 

@@ -11,7 +11,6 @@ it once (the row key); a kill before (1) ends leaves only hidden temp files, rem
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +22,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from robrep.core.faults import fault_point
-from robrep.core.location import filesystem, write_atomic
+from robrep.core.location import filesystem, fsync_folder, write_atomic
 from robrep.store.files import (
     SCHEMA_FILE,
     TableScan,
@@ -93,17 +92,17 @@ def compact_folder(root: str | Path, table: str, folder: str, schema: pa.Schema,
     scan = folder_parts(fs, folder)
     if sum(scan.sizes[p] < file_bytes // 2 for p in scan.parts) < max(min_parts, 2):
         return None
-    validate(root, table, scan)
+    validate(root, table, scan)  # drops damaged parts from scan.parts
     for path, reason in scan.damaged:
         quarantine(root, path, reason)
-    small = [p for p in scan.parts if scan.sizes[p] < file_bytes // 2]
+    small = {p for p in scan.parts if scan.sizes[p] < file_bytes // 2}
     keys = [k for k in ROW_KEYS.get(table, ()) if k not in PARTITIONS.get(table, ())]
     rows = _row_keys(fs, scan.parts, schema, keys)
     keep = rows.sort_values(["created_at", "file", "row"], kind="stable").drop_duplicates(keys, keep="last") \
         if keys else rows
     kept = keep.groupby("file")["row"].apply(sorted).to_dict()
     dropped = {scan.parts[f] for f, n in rows.groupby("file").size().items() if len(kept.get(f, ())) < n}
-    rewrite = [p for p in scan.parts if p in set(small) | dropped]
+    rewrite = [p for p in scan.parts if p in small | dropped]
     if len(rewrite) < 2 and not dropped:
         return None
     outputs = _plan(scan, rewrite, kept, file_bytes)
@@ -121,11 +120,7 @@ def compact_folder(root: str | Path, table: str, folder: str, schema: pa.Schema,
     for path in scan.temporary:  # of commits or compactions killed before their rename: the lease holder's alone
         fs.delete_file(path)
     if durable and isinstance(fs, pafs.LocalFileSystem):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_folder(folder)
     after = len(scan.parts) - len(rewrite) + len(set(names))
     return Compacted(folder[len(base) + 1:], len(scan.parts), after, len(rewrite),
                      int(sum(len(v) for f, v in kept.items() if scan.parts[f] in rewrite)),
