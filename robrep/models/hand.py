@@ -4,6 +4,7 @@ published robust models (its key names), each with its own `representation`."""
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -80,15 +81,21 @@ def _torchvision_block(block: nn.Module, x: torch.Tensor, fake_relu: bool) -> to
     return _activate(out + identity, fake_relu)
 
 
+# depth -> (block, blocks per stage), as torchvision and the robustness library build them (ImageNet and CIFAR alike)
+RESNET_DEPTHS = {18: ("basic", [2, 2, 2, 2]), 34: ("basic", [3, 4, 6, 3]), 50: ("bottleneck", [3, 4, 6, 3]),
+                 101: ("bottleneck", [3, 4, 23, 3]), 152: ("bottleneck", [3, 8, 36, 3])}
+
+
 class ResNet(torchvision.models.ResNet):
     """torchvision's ImageNet ResNet (7x7 stem); R(x) is the avgpool output. Its state-dict keys are
     torchvision's (and the robustness library's), plus `normalize.mean` / `normalize.std`.
 
-    width_per_group=128 or 256 gives the library's wide_resnet50_2 / wide_resnet50_4 (wider bottlenecks)."""
+    width_per_group=64*k gives the library's wide_resnet50_k (k = 2..6: wider bottlenecks)."""
 
     def __init__(self, depth: int, num_classes: int, mean: Sequence[float], std: Sequence[float],
                  width_per_group: int = 64):
-        block, layers = {18: (BasicBlock, [2, 2, 2, 2]), 50: (Bottleneck, [3, 4, 6, 3])}[depth]
+        block, layers = RESNET_DEPTHS[depth]
+        block = {"basic": BasicBlock, "bottleneck": Bottleneck}[block]
         super().__init__(block, layers, num_classes=num_classes, width_per_group=width_per_group)
         self.normalize = Normalize(mean, std)
         self.representation_dim = self.fc.in_features
@@ -170,18 +177,21 @@ class _CifarBottleneck(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """The robustness library's CIFAR ResNet-18 (BasicBlock) or -50 (Bottleneck): a 3x3 stride-1 stem for 32 px
-    images, its key names; R(x) is the pooled output of the last block (512-d or 2048-d). The library pools
-    with avg_pool2d(4), which is the same global average at 32 px; here it is global at every size."""
+    """The robustness library's CIFAR ResNets (18, 34: BasicBlock; 50, 101, 152: Bottleneck; `width` multiplies
+    the channels, the library's `wm`: 5 in its ResNet18Wide): a 3x3 stride-1 stem for 32 px images, its key names;
+    R(x) is the pooled output of the last block (512-d or 2048-d at width 1). The library pools with
+    avg_pool2d(4), which is the same global average at 32 px; here it is global at every size."""
 
-    def __init__(self, depth: int, num_classes: int, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, depth: int, num_classes: int, mean: Sequence[float], std: Sequence[float], width: int = 1):
         super().__init__()
-        block, layers = {18: (_CifarBlock, [2, 2, 2, 2]), 50: (_CifarBottleneck, [3, 4, 6, 3])}[depth]
+        block, layers = RESNET_DEPTHS[depth]
+        block = {"basic": _CifarBlock, "bottleneck": _CifarBottleneck}[block]
+        widths = [64 * width, 128 * width, 256 * width, 512 * width]
         self.normalize = Normalize(mean, std)
-        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        c_in = 64
-        for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), layers, strict=True), start=1):
+        self.conv1 = nn.Conv2d(3, widths[0], 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(widths[0])
+        c_in = widths[0]
+        for i, (planes, blocks) in enumerate(zip(widths, layers, strict=True), start=1):
             strides = [1 if i == 1 else 2] + [1] * (blocks - 1)
             layer = []
             for stride in strides:
@@ -192,7 +202,7 @@ class CifarResNet(nn.Module):
         self.representation_dim = c_in
 
     def representation(self, x: torch.Tensor, fake_relu: bool = False) -> torch.Tensor:
-        """x: (B, 3, H, W) in [0,1] -> (B, 512 or 2048)."""
+        """x: (B, 3, H, W) in [0,1] -> (B, 512 or 2048, times width)."""
         h = torch.relu(self.bn1(self.conv1(self.normalize(x))))
         h = self.layer4[:-1](self.layer3(self.layer2(self.layer1(h))))
         h = self.layer4[-1](h, fake_relu=fake_relu)
@@ -202,16 +212,16 @@ class CifarResNet(nn.Module):
         return self.linear(self.representation(x))
 
 
-# Every architecture of the robustness library's published robust models, under the library's own names where
-# it has one (wide_resnet50_2, vgg16_bn), plus the CPU demo's small_cnn.
+# Every ResNet of the robustness library's imagenet_models and cifar_models, under the library's own names (its
+# CIFAR ones prefixed cifar_), its VGG16s, and the CPU demo's small_cnn. The library's other ImageNet architectures
+# (densenet, vgg, resnext, alexnet) are torchvision's with torchvision's keys: torchvision.<name>.
 ARCHS: dict[str, Callable[..., nn.Module]] = {
     "small_cnn": SmallCNN,
-    "cifar_resnet18": lambda **kw: CifarResNet(18, **kw),
-    "cifar_resnet50": lambda **kw: CifarResNet(50, **kw),
-    "resnet18": lambda **kw: ResNet(18, **kw),
-    "resnet50": lambda **kw: ResNet(50, **kw),
-    "wide_resnet50_2": lambda **kw: ResNet(50, width_per_group=128, **kw),
-    "wide_resnet50_4": lambda **kw: ResNet(50, width_per_group=256, **kw),
+    **{f"cifar_resnet{d}": partial(CifarResNet, d) for d in RESNET_DEPTHS},
+    "cifar_resnet18_wide": partial(CifarResNet, 18, width=5),
+    **{f"resnet{d}": partial(ResNet, d) for d in RESNET_DEPTHS},
+    **{f"wide_resnet50_{k}": partial(ResNet, 50, width_per_group=64 * k) for k in range(2, 7)},
+    "wide_resnet101_2": partial(ResNet, 101, width_per_group=128),
     "vgg16": VGG16,
-    "vgg16_bn": lambda **kw: VGG16(batch_norm=True, **kw),
+    "vgg16_bn": partial(VGG16, batch_norm=True),
 }

@@ -96,7 +96,32 @@ LIBRARY_ARCHS = {
     "vgg16_bn": ("imagenet", "vgg16_bn", 64, IMAGENET_MEAN, IMAGENET_STD),
     "cifar_resnet18": ("cifar", "ResNet18", 32, CIFAR_MEAN, CIFAR_STD),
     "cifar_resnet50": ("cifar", "ResNet50", 32, CIFAR_MEAN, CIFAR_STD),
+    "resnet34": ("imagenet", "resnet34", 64, IMAGENET_MEAN, IMAGENET_STD),
+    "cifar_resnet34": ("cifar", "ResNet34", 32, CIFAR_MEAN, CIFAR_STD),
 }
+# The library's larger ResNets (the same block code as above, more or wider blocks): their layout -- every key
+# and shape -- is checked against ours on the meta device, without the gigabytes their weights would take.
+LIBRARY_LAYOUTS = {
+    **{f"resnet{d}": ("imagenet", f"resnet{d}") for d in (18, 34, 50, 101, 152)},
+    **{f"wide_resnet50_{k}": ("imagenet", f"wide_resnet50_{k}") for k in range(2, 7)},
+    "wide_resnet101_2": ("imagenet", "wide_resnet101_2"),
+    **{f"cifar_resnet{d}": ("cifar", f"ResNet{d}") for d in (18, 34, 50, 101, 152)},
+    "cifar_resnet18_wide": ("cifar", "ResNet18Wide"),
+}
+
+
+def test_every_library_resnet_has_our_layout():
+    from robrep.models import ARCHS
+
+    imagenet_models, cifar_models = library_models()
+    assert {a for a in ARCHS if "resnet" in a} == set(LIBRARY_LAYOUTS)
+    for arch, (family, name) in LIBRARY_LAYOUTS.items():
+        with torch.device("meta"):
+            theirs = getattr(imagenet_models if family == "imagenet" else cifar_models, name)(num_classes=9)
+            ours = create_model(arch, 9, IMAGENET_MEAN, IMAGENET_STD)
+        expected = {k: v.shape for k, v in theirs.state_dict().items()}
+        got = {k: v.shape for k, v in ours.state_dict().items() if not k.startswith("normalize.")}
+        assert got == expected, arch
 
 
 @pytest.mark.parametrize("arch", sorted(LIBRARY_ARCHS))
