@@ -146,6 +146,10 @@ class EvaluateSpec:
     checkpoint: str | None = None
     robustness_checkpoint: str | None = None
     state_dict: str | None = None  # a plain torchvision / timm state dict (.pt, .pth) to import
+    robustbench: str | None = None  # a RobustBench model name, e.g. Carmon2019Unlabeled
+    robustbench_dataset: str | None = None  # cifar10, cifar100 or imagenet
+    threat_model: str = "Linf"  # RobustBench's leaderboard: Linf, L2 or corruptions
+    robustbench_dir: str = "models"  # RobustBench's model_dir (a folder or a URI)
     arch: str | None = None  # of an imported checkpoint, e.g. cifar_resnet50, torchvision.densenet161, timm.resnet50
     mean: tuple[float, ...] | None = None  # a state dict's normalisation (the files hold none)
     std: tuple[float, ...] | None = None
@@ -166,11 +170,20 @@ class EvaluateSpec:
             check_name(self.model_id, "evaluate.model_id")
         if not 0 <= self.apgd_steps <= 100_000:
             raise ConfigError(f"evaluate.apgd_steps={self.apgd_steps} must be within [0, 100000] (0: no APGD)")
-        given = [k for k in ("model", "checkpoint", "robustness_checkpoint", "state_dict") if getattr(self, k)]
+        given = [k for k in ("model", "checkpoint", "robustness_checkpoint", "state_dict", "robustbench")
+                 if getattr(self, k)]
         if len(given) != 1:
             raise ConfigError("evaluate needs exactly one of model (a model_id in the store), checkpoint (a robrep "
-                              "checkpoint folder), robustness_checkpoint or state_dict (a .pt to import); got "
-                              f"{given or 'none'}")
+                              "checkpoint folder), robustness_checkpoint or state_dict (a .pt to import), robustbench "
+                              f"(a RobustBench model name); got {given or 'none'}")
+        if self.robustbench:
+            if self.arch:
+                raise ConfigError("evaluate.arch: a RobustBench model's architecture is RobustBench's own; drop --arch")
+            from robrep.models.robustbench import parse
+
+            parse(f"{self.robustbench_dataset}.{self.threat_model}.{self.robustbench}")
+            check_name(self.model_id or self.robustbench, "evaluate.model_id (default: the RobustBench name)")
+            check(self.robustbench_dir, "evaluate.robustbench_dir")
         for key in ("robustness_checkpoint", "state_dict"):
             if getattr(self, key) and not (self.arch and self.model_id):
                 raise ConfigError(f"evaluate.{key} needs evaluate.arch and evaluate.model_id (--arch, --model-id)")

@@ -12,6 +12,9 @@ the paper's Table 4/5. The attack defaults are the paper's (A.4): L2, eps 3.0, 2
     # A plain torchvision or timm state dict, with the normalisation it was trained with.
     python -m jobs.evaluate --state-dict densenet161_l2_3.pth --arch torchvision.densenet161 --model-id dn161_l2_3 \
         --set evaluate.mean=[0.485,0.456,0.406] --set evaluate.std=[0.229,0.224,0.225] --data imagenet_val.beton ...
+    # A RobustBench model by name, from the file RobustBench keeps at <dir>/cifar10/Linf/Carmon2019Unlabeled.pt
+    python -m jobs.evaluate --robustbench Carmon2019Unlabeled --dataset cifar10 --threat-model Linf \
+        --robustbench-dir /mnt/shared/robustbench --data /data/c10_test.beton --constraint linf --eps 0.0314 ...
 
 Every flag is an alias of a key of the config's `evaluate:` section (or of store, storage_path, ray.address).
 """
@@ -32,6 +35,10 @@ ALIASES = (
     Alias("--checkpoint", "evaluate.checkpoint", help="a robrep checkpoint folder (model.pt + meta.json)"),
     Alias("--robustness-checkpoint", "evaluate.robustness_checkpoint", help="a robustness-library .pt to import"),
     Alias("--state-dict", "evaluate.state_dict", help="a plain torchvision/timm state dict to import"),
+    Alias("--robustbench", "evaluate.robustbench", help="a RobustBench model name to import"),
+    Alias("--dataset", "evaluate.robustbench_dataset", help="--robustbench's dataset: cifar10, cifar100, imagenet"),
+    Alias("--threat-model", "evaluate.threat_model", help="--robustbench's leaderboard: Linf, L2, corruptions"),
+    Alias("--robustbench-dir", "evaluate.robustbench_dir", help="RobustBench's model_dir (default: models)"),
     Alias("--arch", "evaluate.arch", help="arch of an imported checkpoint, e.g. cifar_resnet50, timm.resnet50"),
     Alias("--model-id", "evaluate.model_id", help="name in the store (default: the checkpoint's)"),
     Alias("--data", "evaluate.data", help="the test .beton (default: <data.dir>/test.beton)"),
@@ -70,26 +77,40 @@ def table_4(rows: list[dict]) -> str:
 
 
 def import_model(config: ExperimentConfig, num_classes: int, dataset: str) -> tuple[str, dict]:
-    """Import a robustness-library checkpoint or a plain state dict into robrep's format and the models table."""
-    from robrep.checkpoint import import_robustness_checkpoint, import_state_dict, model_digest, save_checkpoint
+    """Import a robustness-library checkpoint, a plain state dict or a RobustBench model into robrep's format and
+    the models table."""
+    from robrep.checkpoint import (
+        import_robustbench,
+        import_robustness_checkpoint,
+        import_state_dict,
+        model_digest,
+        save_checkpoint,
+    )
     from robrep.store.commit import append_rows
     from robrep.store.schema import MODELS_SCHEMA, now_utc, to_table
 
     spec = config.evaluate
+    model_id = spec.model_id or spec.robustbench
     if spec.state_dict:
         model, meta = import_state_dict(spec.state_dict, spec.arch, num_classes, list(spec.mean), list(spec.std))
+    elif spec.robustbench:
+        model, meta = import_robustbench(spec.robustbench_dir, spec.robustbench, spec.robustbench_dataset,
+                                         spec.threat_model)
+        if meta["num_classes"] != num_classes:
+            raise ConfigError(f"RobustBench's {spec.robustbench} has {meta['num_classes']} classes; the test set has "
+                              f"{num_classes}")
     else:
         model, meta = import_robustness_checkpoint(spec.robustness_checkpoint, spec.arch, num_classes)
     # In storage_path, else beside the store (a folder or a URI either way).
     base = config.storage_root if config.storage_path else parent(config.store_root)
-    checkpoint = join(base, "imported", spec.model_id)
-    meta = {**meta, "model_id": spec.model_id, "dataset": dataset, "robust": None, "git_sha": git_sha()}
+    checkpoint = join(base, "imported", model_id)
+    meta = {**meta, "model_id": model_id, "dataset": dataset, "robust": None, "git_sha": git_sha()}
     save_checkpoint(checkpoint, model, meta)
     digest = model_digest(checkpoint)
     append_rows(config.store_root, "models", to_table([{
-        "model_id": spec.model_id, "arch": spec.arch, "dataset": dataset, "robust": None,
+        "model_id": model_id, "arch": meta["arch"], "dataset": dataset, "robust": None,
         "checkpoint": checkpoint, "git_sha": git_sha(), "created_at": now_utc(), "digest": digest}],
-        MODELS_SCHEMA), key=f"{spec.model_id}/{digest}")
+        MODELS_SCHEMA), key=f"{model_id}/{digest}")
     return checkpoint, meta
 
 
@@ -98,7 +119,7 @@ def resolve_checkpoint(config: ExperimentConfig, num_classes: int, dataset: str)
     from robrep.store import find_model
 
     spec = config.evaluate
-    if spec.robustness_checkpoint or spec.state_dict:
+    if spec.robustness_checkpoint or spec.state_dict or spec.robustbench:
         return import_model(config, num_classes, dataset)
     if spec.model:
         row = find_model(config.store_root, spec.model)
@@ -118,8 +139,8 @@ def main(config: ExperimentConfig) -> None:
 
     spec = config.evaluate
     if spec is None:
-        raise ConfigError("jobs.evaluate needs a model: --model, --checkpoint, --robustness-checkpoint or --state-dict "
-                          "(the config's evaluate: section)")
+        raise ConfigError("jobs.evaluate needs a model: --model, --checkpoint, --robustness-checkpoint, --state-dict "
+                          "or --robustbench (the config's evaluate: section)")
     data = str(Path(spec.data).resolve() if spec.data else config.data.local("test"))
     source = None if spec.data else config.data.stage_source("test")  # shards on other nodes stage it too
     info = read_info(data)

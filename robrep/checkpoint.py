@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from robrep.core.errors import CheckpointError, ConfigError, StorageError
-from robrep.core.location import absolute, digest_bytes, join, read_bytes, redact, write_bytes
+from robrep.core.location import absolute, digest_bytes, exists, join, read_bytes, redact, write_bytes
 from robrep.models import Wrapped, create_model
 
 REQUIRED_META = ("arch", "num_classes", "mean", "std")
@@ -193,6 +193,40 @@ def import_state_dict(path: str | Path, arch: str, num_classes: int, mean: list[
     model.eval()
     info = {"arch": arch, "num_classes": num_classes, "mean": list(mean), "std": list(std),
             "source": arch.split(".", 1)[0], "source_path": path, **(meta or {})}
+    return model, info
+
+
+def import_robustbench(model_dir: str | Path, name: str, dataset: str, threat_model: str,
+                       meta: dict | None = None) -> tuple[nn.Module, dict]:
+    """Load a RobustBench model by name (arch robustbench.<dataset>.<threat model>.<name>) from the file RobustBench
+    keeps at <model_dir>/<dataset>/<threat model>/<name>.pt, never downloading it. The class's own normalisation
+    constants, where the file lacks them, are kept as RobustBench's loader keeps them; anything else missing,
+    unexpected or mis-shaped is refused. Raises CheckpointError, saying where to fetch a missing file."""
+    from robrep.models import robustbench
+
+    try:
+        dataset, threat_model, name = robustbench.parse(f"{dataset}.{threat_model}.{name}")
+        arch = f"robustbench.{dataset}.{threat_model}.{name}"
+        num_classes = robustbench.DATASETS[dataset][1]
+        model = create_model(arch, num_classes, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+    except ConfigError as e:
+        raise CheckpointError(str(e)) from e
+    path = robustbench.checkpoint_path(absolute(model_dir), dataset, threat_model, name)
+    if not exists(path):
+        raise CheckpointError(f"no RobustBench checkpoint of {name} at {redact(path)}: "
+                              + robustbench.fetch_hint(redact(absolute(model_dir)), dataset, threat_model, name,
+                                                       redact(path)))
+    blob, shown = _load_file(path, "RobustBench checkpoint")
+    state = robustbench.checkpoint_weights(blob, name, model.net, shown)
+    own = model.state_dict()
+    weights = {f"net.{k}": v for k, v in state.items()}
+    kept = [k for k in own if k not in weights and k.startswith("net.")
+            and k.rsplit(".", 1)[-1] in robustbench.MAY_LACK]
+    weights.update({k: own[k] for k in (*kept, "normalize.mean", "normalize.std")})
+    _load_exact(model, weights, f"{shown} (as {arch})")
+    model.eval()
+    info = {"arch": arch, "num_classes": num_classes, "mean": [0.0, 0.0, 0.0], "std": [1.0, 1.0, 1.0],
+            "source": "robustbench", "source_path": shown, "class_constants": kept, **(meta or {})}
     return model, info
 
 

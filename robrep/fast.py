@@ -28,6 +28,8 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
 
 from robrep.core.errors import ConfigError
 from robrep.models import input_channels
@@ -72,14 +74,33 @@ def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
         model.train(was_training)
 
 
+class _Uses(TorchFunctionMode):
+    """Counts, for each tensor in `watched` (by id), the torch calls that take it as an argument and return a
+    tensor (reads of its metadata, as `dim()` or `shape`, are not uses)."""
+
+    def __init__(self, watched: dict[int, tuple[str, torch.Tensor]]):
+        super().__init__()
+        self.watched, self.uses = watched, Counter()
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if any(isinstance(o, torch.Tensor) for o in tree_flatten(out)[0]):
+            for value in tree_flatten((args, kwargs or {}))[0]:
+                if isinstance(value, torch.Tensor) and id(value) in self.watched:
+                    self.uses[id(value)] += 1
+        return out
+
+
 def conv_bn_pairs(model: nn.Module, shape: tuple[int, ...] | None = None) -> list[tuple[str, str]]:
-    """(conv, batch-norm) module names where the batch-norm's input is that convolution's output, each run once, as
-    found on a probe forward of shape (C, H, W) (default: the model's `probe_shape`, else 32 px). Only a plain
-    BatchNorm2d qualifies (not a subclass with an activation, as timm's BatchNormAct2d), and a batch-norm that
-    normalises anything else (a block's input, a concatenation: pre-activation nets, DenseNets) is left alone."""
+    """(conv, batch-norm) module names where the batch-norm's input is that convolution's output and nothing else
+    reads or changes that output (one torch call takes it: the batch-norm's), each module run once, as found on a
+    probe forward of shape (C, H, W) (default: the model's `probe_shape`, else 32 px). Only a plain BatchNorm2d
+    qualifies (not a subclass with an activation, as timm's BatchNormAct2d). Left alone: a batch-norm of anything
+    else (a block's input, a concatenation: pre-activation nets, DenseNets), and one of a convolution's output that
+    a residual sum adds to in place or another layer also reads (RobustBench's PreAct ResNets)."""
     shape = shape or getattr(model, "probe_shape", None) or (input_channels(model), 32, 32)
     outputs: dict[int, tuple[str, torch.Tensor]] = {}  # conv outputs, kept alive so that no id is reused
-    found: list[tuple[str, str]] = []
+    found: list[tuple[str, str, torch.Tensor]] = []
     calls: Counter = Counter()
     hooks = []
     for name, module in model.named_modules():
@@ -93,16 +114,17 @@ def conv_bn_pairs(model: nn.Module, shape: tuple[int, ...] | None = None) -> lis
                 calls[name] += 1
                 conv = outputs.get(id(i[0]))
                 if conv is not None and conv[1] is i[0]:  # this very tensor came out of that convolution
-                    found.append((conv[0], name))
+                    found.append((conv[0], name, i[0]))
             hooks.append(module.register_forward_pre_hook(before))
+    uses = _Uses(outputs)
     try:
         parameter = next(model.parameters())
-        with torch.no_grad(), eval_mode(model):
+        with torch.no_grad(), eval_mode(model), uses:
             model(torch.rand(1, *shape, dtype=parameter.dtype, device=parameter.device))
     finally:
         for hook in hooks:
             hook.remove()
-    return [(conv, bn) for conv, bn in found if calls[conv] == 1 and calls[bn] == 1]
+    return [(conv, bn) for conv, bn, out in found if calls[conv] == 1 and calls[bn] == 1 and uses.uses[id(out)] == 1]
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:

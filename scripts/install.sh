@@ -36,3 +36,8 @@ echo "[install] pip: the project's dependencies at constraints.txt's versions (t
 # and tqdm (all above); its declared `requests~=2.25.1` pin would downgrade what Ray needs, so it too comes without
 # its declared dependencies.
 "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps "torchattacks==3.5.1"
+# Test-only: RobustBench's model zoo, whose own classes the robustbench.* import is checked against. Its declared
+# dependencies pin timm==1.0.9 and pull its evaluation and download tools (autoattack, which PyPI lacks under that
+# name, gdown, ...); robrep imports only robustbench.model_zoo, which needs torch, timm, geotorch and torchdiffeq.
+"$venv/bin/python" -m pip install -q --disable-pip-version-check --no-deps \
+    "robustbench==1.1.1" "geotorch==0.4.0" "torchdiffeq==0.2.5"

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from robrep.core.errors import ConfigError
+from robrep.models import robustbench  # noqa: F401  (registers the robustbench.* family)
 from robrep.models.base import Normalize, _FakeReLU, input_channels
 from robrep.models.hand import ARCHS, VGG16, CifarResNet, ResNet, SmallCNN
 from robrep.models.wrapped import FAMILIES, Wrapped, is_wrapped

@@ -15,7 +15,7 @@ EfficientNets, ConvNeXts, ViTs, Swins) it does not apply, and asking for it is a
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -25,7 +25,6 @@ from torch.overrides import TorchFunctionMode
 from robrep.core.errors import ConfigError
 from robrep.models.base import Normalize, _FakeReLU
 
-FAMILIES = ("torchvision", "timm")
 _RELUS = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 # What may come between the last ReLU and the classifier's input for R(x) to still be "a ReLU's output": pooling,
 # reshaping and (eval-mode) dropout, each of which passes a fake ReLU's gradient on unchanged in kind.
@@ -34,29 +33,41 @@ _AFTER_RELU = {F.adaptive_avg_pool2d, F.avg_pool2d, F.dropout, torch.flatten, to
                torch.squeeze, torch.Tensor.squeeze, F.adaptive_max_pool2d}
 
 
+def _torchvision(name: str, num_classes: int) -> tuple[nn.Module, int]:
+    import torchvision
+
+    try:
+        return torchvision.models.get_model(name, weights=None, num_classes=num_classes), 224
+    except ValueError as e:
+        raise ConfigError(f"unknown torchvision model {name!r} (torchvision.{name}); known: "
+                          f"{', '.join(torchvision.models.list_models(torchvision.models))}") from e
+
+
+def _timm(name: str, num_classes: int) -> tuple[nn.Module, int]:
+    try:
+        import timm
+    except ImportError as e:
+        raise ConfigError(f"arch 'timm.{name}' needs the timm package: pip install timm") from e
+    if not timm.is_model(name):
+        raise ConfigError(f"unknown timm model {name!r} (timm.{name}); list them with timm.list_models()")
+    net = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    config = getattr(net, "pretrained_cfg", None) or getattr(net, "default_cfg", None) or {}
+    return net, int(config.get("input_size", (3, 224, 224))[-1])
+
+
+# family -> builder(name, num_classes) -> (the library's network, randomly initialised; the image size it was made
+# for, its probe input's size). Weights come from a checkpoint, never a download. robustbench.py adds its own.
+FAMILIES: dict[str, Callable[[str, int], tuple[nn.Module, int]]] = {"torchvision": _torchvision, "timm": _timm}
+
+
 def is_wrapped(arch: str) -> bool:
     return arch.split(".", 1)[0] in FAMILIES and "." in arch
 
 
-def build_network(arch: str, num_classes: int) -> nn.Module:
-    """The library's own network for `arch`, randomly initialised (weights come from a checkpoint, never a
-    download)."""
+def build_network(arch: str, num_classes: int) -> tuple[nn.Module, int]:
+    """The library's own network for `arch` and its image size."""
     family, name = arch.split(".", 1)
-    if family == "torchvision":
-        import torchvision
-
-        try:
-            return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
-        except ValueError as e:
-            raise ConfigError(f"unknown torchvision model {name!r} ({arch}); known: "
-                              f"{', '.join(torchvision.models.list_models(torchvision.models))}") from e
-    try:
-        import timm
-    except ImportError as e:
-        raise ConfigError(f"arch {arch!r} needs the timm package: pip install timm") from e
-    if not timm.is_model(name):
-        raise ConfigError(f"unknown timm model {name!r} ({arch}); list them with timm.list_models()")
-    return timm.create_model(name, pretrained=False, num_classes=num_classes)
+    return FAMILIES[family](name, num_classes)
 
 
 def _head_name(net: nn.Module, arch: str, num_classes: int) -> str:
@@ -69,12 +80,6 @@ def _head_name(net: nn.Module, arch: str, num_classes: int) -> str:
         raise ConfigError(f"{arch}: its final classifier layer is not a Linear with {num_classes} outputs "
                           f"({type(head).__name__}); R(x), the input of that layer, is not defined for it")
     return names[id(head)]
-
-
-def default_size(net: nn.Module) -> int:
-    """The image size a network was made for (timm's pretrained config, else 224): its probe input's size."""
-    config = getattr(net, "pretrained_cfg", None) or getattr(net, "default_cfg", None) or {}
-    return int(config.get("input_size", (3, 224, 224))[-1])
 
 
 class _Log(TorchFunctionMode):
@@ -116,10 +121,10 @@ class Wrapped(nn.Module):
         super().__init__()
         self.arch = arch
         self.normalize = Normalize(mean, std)
-        self.net = build_network(arch, num_classes)
+        self.net, size = build_network(arch, num_classes)
         self.head_name = _head_name(self.net, arch, num_classes)
         self.representation_dim = self.head.in_features
-        self.probe_shape = (len(mean), image_size or default_size(self.net), image_size or default_size(self.net))
+        self.probe_shape = (len(mean), image_size or size, image_size or size)
         self._captured: list[torch.Tensor] = []
         self._capturing = False
         self.head.register_forward_pre_hook(self._capture)

@@ -85,3 +85,29 @@ def test_apgd_finds_no_more_than_our_pgd_on_the_trained_robust_model(trained_pai
     assert scores["pgd_acc"] <= scores["apgd_ce_acc"] + 0.08
     assert scores["adv_acc"] <= min(scores["pgd_acc"], scores["apgd_ce_acc"], scores["apgd_dlr_acc"])
     assert abs(scores["pgd_acc"] - models.loc["digits_robust", "adv_acc"]) < 0.02, "the models table's PGD-20 number"
+
+
+def test_evaluate_imports_a_robustbench_model_by_name(tmp_path):
+    """A RobustBench model by name, from the file where RobustBench keeps it (synthesised with its own class), never
+    downloaded: evaluated through Ray and recorded as a model the fan-out can use by model_id."""
+    from robrep.models import robustbench
+
+    torch.manual_seed(0)
+    published = tmp_path / "rb" / "cifar10" / "L2" / "Rice2020Overfitting.pt"
+    write_beton(tmp_path / "test.beton", sources.synthetic(num_classes=10, per_class=2, resolution=32))
+    common = ["--robustbench", "Rice2020Overfitting", "--dataset", "cifar10", "--threat-model", "L2",
+              "--robustbench-dir", str(tmp_path / "rb"), "--data", str(tmp_path / "test.beton"),
+              "--store", str(tmp_path / "store")]
+    absent = run_module("jobs.evaluate", *common)
+    assert absent.returncode == 2 and f"put it at {published}" in absent.stderr, absent.stderr[-2000:]
+    assert not (tmp_path / "store").exists()
+    published.parent.mkdir(parents=True)
+    state = robustbench.entry("cifar10", "L2", "Rice2020Overfitting")["model"]().state_dict()
+    torch.save({k: v for k, v in state.items() if k not in ("mu", "sigma")}, published)
+    proc = run_module("jobs.evaluate", *common, "--eps", "0.5", "--steps", "2", "--step-size", "0.25",
+                      "--apgd-steps", "2")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Rice2020Overfitting" in proc.stdout and "APGD-2" in proc.stdout
+    models = pd.read_parquet(tmp_path / "store" / "models")
+    assert models[["model_id", "arch"]].values.tolist() == [
+        ["Rice2020Overfitting", "robustbench.cifar10.L2.Rice2020Overfitting"]]

@@ -13,7 +13,7 @@ from robrep.experiments import noise_image
 from robrep.fanout.job import Job
 from robrep.fanout.plan import pack
 from robrep.fanout.registry import get_kind
-from robrep.fast import FastModel, fold_batchnorm
+from robrep.fast import FastModel, conv_bn_pairs, fold_batchnorm
 from robrep.models import create_model
 from robrep.objectives import Manipulation, inversion
 from robrep.pgd import STOP_CHECK_EVERY, pgd
@@ -172,3 +172,30 @@ def test_precision_is_part_of_a_jobs_identity_except_fp32_whose_ids_stay_as_they
     assert bf16.job_id != fp32.job_id and compiled.job_id == fp32.job_id
     assert fp32.columns()["precision"] == "fp32" and bf16.columns()["precision"] == "bf16"
     assert len(pack([fp32, bf16, _job(target_index=4)], 10)) == 2, "one batched loop runs one precision"
+
+
+def test_a_convolution_output_that_is_changed_or_read_elsewhere_is_not_folded():
+    """A batch-norm whose input is a convolution's output tensor folds only when nothing else reads or changes that
+    tensor: a residual sum added to it in place (pre-activation blocks) or a second reader would see the folded
+    values instead."""
+
+    class Net(torch.nn.Module):
+        probe_shape = (3, 8, 8)
+
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.c = (torch.nn.Conv2d(3, 3, 3, padding=1) for _ in range(3))
+            self.bn_a, self.bn_b, self.bn_c = (torch.nn.BatchNorm2d(3) for _ in range(3))
+
+        def forward(self, x):
+            out = self.a(x)
+            out += x  # in place: bn_a normalises conv a's output plus x
+            y = self.b(x)
+            z = self.c(x)
+            return self.bn_a(out) + self.bn_b(y) + y + self.bn_c(z)  # y is read twice; z once
+
+    net = _random_batchnorm(Net().double())
+    assert conv_bn_pairs(net) == [("c", "bn_c")]
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(fold_batchnorm(net)(x), net(x), rtol=1e-10, atol=1e-10)

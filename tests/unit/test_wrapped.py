@@ -111,24 +111,28 @@ def test_the_fake_relu_is_the_hand_written_resnets():
     assert (grads["wrapped", True] - grads["wrapped", False]).abs().max() > 1e-4
 
 
-def test_pgd_inverts_and_visualizes_through_a_wrapped_model_and_fast_model_agrees():
-    """Eq. 4 and Eq. 5 through timm's ResNet-18 at 32 px: the inversion closes most of the distance in
-    representation; the visualization raises its coordinate (with the fake ReLU)."""
+# measured after/before at this seed: timm 0.1-0.2 at step 1.0; RobustBench's 0.26 at step 0.5 (0.41-0.51 at 1.0)
+@pytest.mark.parametrize("arch,step_size", [("timm.resnet18", 1.0),
+                                            ("robustbench.cifar10.L2.Rice2020Overfitting", 0.5)])
+def test_pgd_inverts_and_visualizes_through_a_wrapped_model_and_fast_model_agrees(arch, step_size):
+    """Eq. 4 and Eq. 5 through timm's ResNet-18 and RobustBench's PreAct ResNet-18 at 32 px: the inversion closes
+    most of the distance in representation; the visualization raises its coordinate (with the fake ReLU)."""
     from robrep.objectives import inversion, visualization
     from robrep.pgd import pgd
 
     torch.manual_seed(0)
-    model = randomise_batchnorm(create_model("timm.resnet18", 10, MEAN, STD, image_size=32))
+    kwargs = {"image_size": 32} if arch.startswith("timm.") else {}
+    model = randomise_batchnorm(create_model(arch, 10, MEAN, STD, **kwargs))
     for p in model.parameters():
         p.requires_grad_(False)
     target, start = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     with torch.no_grad():
         target_rep = model.representation(target)
         before = (model.representation(start) - target_rep).norm(dim=1)
-    result = pgd(inversion(model, target_rep), start, eps=1000.0, step_size=1.0, steps=40)
+    result = pgd(inversion(model, target_rep), start, eps=1000.0, step_size=step_size, steps=40)
     with torch.no_grad():
         after = (model.representation(result.x) - target_rep).norm(dim=1)
-    assert (after < 0.5 * before).all(), (before, after)  # measured: after/before 0.1-0.2 at this seed
+    assert (after < 0.5 * before).all(), (before, after)
     coordinate = torch.tensor([3, 7])
     shown = pgd(visualization(model, coordinate), start, eps=1000.0, step_size=1.0, steps=20)
     with torch.no_grad():
