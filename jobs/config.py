@@ -246,6 +246,9 @@ class ExperimentConfig:
     fanout: FanoutRunSpec | None = None
     tune: TuneSpec | None = None
     evaluate: EvaluateSpec | None = None
+    # jobs.main: models to import (published checkpoints, RobustBench names) and evaluate before the fan-out, each
+    # an evaluate: section of its own (YAML anchors share the attack); see jobs/configs/robust_zoo.yaml
+    zoo: tuple[EvaluateSpec, ...] = ()
     build: BuildSpec | None = None
 
     def validate(self) -> None:
@@ -253,6 +256,11 @@ class ExperimentConfig:
         ids = [m.model_id for m in self.train]
         if len(set(ids)) != len(ids):
             raise ConfigError(f"train: duplicate model_id in {ids}")
+        zoo = [spec.model_id or spec.robustbench for spec in self.zoo]
+        if None in zoo:
+            raise ConfigError("zoo: every entry needs a model_id (or a robustbench name, its default)")
+        if len(set(zoo)) != len(zoo) or set(zoo) & set(ids):
+            raise ConfigError(f"zoo: each model_id once, and none of train's: {zoo}")
         for key in ("store", "storage_path", "report_dir"):
             if getattr(self, key) is not None:
                 check(getattr(self, key), key)

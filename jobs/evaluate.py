@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from jobs.common import Alias, git_sha, run_entry_point
-from jobs.config import ExperimentConfig
+from jobs.config import EvaluateSpec, ExperimentConfig
 from robrep.core.errors import ConfigError
 from robrep.core.location import absolute, join, parent, redact
 from robrep.core.names import check_name
@@ -76,7 +76,16 @@ def table_4(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def import_model(config: ExperimentConfig, num_classes: int, dataset: str) -> tuple[str, dict]:
+def import_source(spec: EvaluateSpec) -> str:
+    """What an import reads (recorded as the imported checkpoint's meta.json `imported_from`): a file, or a
+    RobustBench name with its folder."""
+    if spec.robustbench:
+        return f"robustbench:{spec.robustbench_dataset}/{spec.threat_model}/{spec.robustbench}@{spec.robustbench_dir}"
+    return absolute(spec.robustness_checkpoint or spec.state_dict)
+
+
+def import_model(config: ExperimentConfig, spec: EvaluateSpec, num_classes: int, dataset: str,
+                 resume: bool = False) -> tuple[str, dict]:
     """Import a robustness-library checkpoint, a plain state dict or a RobustBench model into robrep's format and
     the models table."""
     from robrep.checkpoint import (
@@ -84,13 +93,22 @@ def import_model(config: ExperimentConfig, num_classes: int, dataset: str) -> tu
         import_robustness_checkpoint,
         import_state_dict,
         model_digest,
+        read_meta,
         save_checkpoint,
     )
+    from robrep.store import find_model
     from robrep.store.commit import append_rows
     from robrep.store.schema import MODELS_SCHEMA, now_utc, to_table
 
-    spec = config.evaluate
     model_id = spec.model_id or spec.robustbench
+    if resume and (row := find_model(config.store_root, model_id)) is not None:
+        meta = read_meta(row["checkpoint"])
+        if meta.get("imported_from") != import_source(spec):
+            raise ConfigError(f"model_id {model_id!r} is in the store already, imported from "
+                              f"{redact(str(meta.get('imported_from') or row['checkpoint']))}; give this one "
+                              "another model_id")
+        print(f"[import] {model_id}: in the store already ({redact(row['checkpoint'])})", flush=True)
+        return str(row["checkpoint"]), meta
     if spec.state_dict:
         model, meta = import_state_dict(spec.state_dict, spec.arch, num_classes, list(spec.mean), list(spec.std))
     elif spec.robustbench:
@@ -104,7 +122,8 @@ def import_model(config: ExperimentConfig, num_classes: int, dataset: str) -> tu
     # In storage_path, else beside the store (a folder or a URI either way).
     base = config.storage_root if config.storage_path else parent(config.store_root)
     checkpoint = join(base, "imported", model_id)
-    meta = {**meta, "model_id": model_id, "dataset": dataset, "robust": None, "git_sha": git_sha()}
+    meta = {**meta, "model_id": model_id, "dataset": dataset, "robust": None, "git_sha": git_sha(),
+            "imported_from": import_source(spec)}
     save_checkpoint(checkpoint, model, meta)
     digest = model_digest(checkpoint)
     append_rows(config.store_root, "models", to_table([{
@@ -114,13 +133,13 @@ def import_model(config: ExperimentConfig, num_classes: int, dataset: str) -> tu
     return checkpoint, meta
 
 
-def resolve_checkpoint(config: ExperimentConfig, num_classes: int, dataset: str) -> tuple[str, dict]:
+def resolve_checkpoint(config: ExperimentConfig, spec: EvaluateSpec, num_classes: int, dataset: str,
+                       resume: bool = False) -> tuple[str, dict]:
     from robrep.checkpoint import read_meta
     from robrep.store import find_model
 
-    spec = config.evaluate
     if spec.robustness_checkpoint or spec.state_dict or spec.robustbench:
-        return import_model(config, num_classes, dataset)
+        return import_model(config, spec, num_classes, dataset, resume)
     if spec.model:
         row = find_model(config.store_root, spec.model)
         if row is None:
@@ -131,41 +150,59 @@ def resolve_checkpoint(config: ExperimentConfig, num_classes: int, dataset: str)
 
 
 def main(config: ExperimentConfig) -> None:
+    if config.evaluate is None:
+        raise ConfigError("jobs.evaluate needs a model: --model, --checkpoint, --robustness-checkpoint, --state-dict "
+                          "or --robustbench (the config's evaluate: section)")
+    evaluate(config, config.evaluate)
+
+
+def evaluate(config: ExperimentConfig, spec: EvaluateSpec, resume: bool = False) -> dict:
+    """Import the model where the spec names a file or a RobustBench model, evaluate it through Ray, commit its
+    `evaluations` row and print Table 4. resume (the zoo of jobs.main): a model already imported from the same
+    source is reused and an evaluation already in the store at the same settings is not run again."""
     from cluster.connect import connect
     from cluster.evaluate import evaluate_checkpoint
     from datasets.beton import read_info
+    from robrep.store import read_table
     from robrep.store.commit import append_rows
     from robrep.store.schema import EVALUATIONS_SCHEMA, now_utc, to_table
 
-    spec = config.evaluate
-    if spec is None:
-        raise ConfigError("jobs.evaluate needs a model: --model, --checkpoint, --robustness-checkpoint, --state-dict "
-                          "or --robustbench (the config's evaluate: section)")
     data = str(Path(spec.data).resolve() if spec.data else config.data.local("test"))
     source = None if spec.data else config.data.stage_source("test")  # shards on other nodes stage it too
     info = read_info(data)
     num_images = min(info["num_images"], spec.max_images or info["num_images"])
     config.store_root  # noqa: B018 -- a missing store fails before any work
-    checkpoint, meta = resolve_checkpoint(config, info["num_classes"], info["source"])
+    checkpoint, meta = resolve_checkpoint(config, spec, info["num_classes"], info["source"], resume)
     if meta["num_classes"] != info["num_classes"]:
         raise ConfigError(f"the model has {meta['num_classes']} classes but {data} has {info['num_classes']}")
     model_id = check_name(spec.model_id or meta.get("model_id") or checkpoint.rsplit("/", 1)[-1],
                           f"the model_id of {redact(checkpoint)}")
+    attack = spec.attack
+    settings = {"model_id": model_id, "constraint": attack.constraint, "eps": attack.eps, "steps": attack.steps,
+                "step_size": attack.step_size, "restarts": attack.restarts, "n": num_images}
+    if resume:
+        done = read_table(config.store_root, "evaluations", filters=[("model_id", "=", model_id)])
+        for key, value in {**settings, "apgd_steps": spec.apgd_steps}.items():
+            done = done[done[key] == value] if key in done.columns else done.iloc[0:0]
+        if not done.empty:
+            row = done.sort_values("created_at").iloc[-1].to_dict()
+            print(f"[evaluate] {model_id}: evaluated already at these settings\n{table_4([row])}", flush=True)
+            return row
     connect(config.ray.address, config.ray.num_cpus, verbose=config.ray.verbose)
-    start, attack = time.time(), spec.attack
+    start = time.time()
     scores = evaluate_checkpoint(checkpoint, data, source, num_images, attack, shards=spec.shards,
                                  gpus_per_shard=spec.gpus_per_shard, cpus_per_shard=spec.cpus_per_shard,
                                  batch_size=spec.batch_size, precision=spec.precision, compile=spec.compile,
                                  apgd_steps=spec.apgd_steps)
     if "pgd_acc" not in scores:  # no APGD: our PGD is the only attack
         scores["pgd_acc"] = scores["adv_acc"]
-    row = {"model_id": model_id, "checkpoint": checkpoint, "dataset": info["source"], **scores,
-           "constraint": attack.constraint, "eps": attack.eps, "steps": attack.steps, "step_size": attack.step_size,
-           "restarts": attack.restarts, "apgd_steps": spec.apgd_steps if "apgd_ce_acc" in scores else 0,
+    row = {**settings, "checkpoint": checkpoint, "dataset": info["source"], **scores,
+           "apgd_steps": spec.apgd_steps if "apgd_ce_acc" in scores else 0,
            "seconds": time.time() - start, "git_sha": git_sha(), "created_at": now_utc()}
     append_rows(config.store_root, "evaluations", to_table([row], EVALUATIONS_SCHEMA),
                 key=f"{model_id}/{attack}/{num_images}/{spec.apgd_steps}")
     print(table_4([row]), flush=True)
+    return row
 
 
 def cli(argv: list[str] | None = None) -> None:

@@ -1,4 +1,5 @@
-"""The whole path on one config: build the dataset, train the models, fan out inversions, summarise.
+"""The whole path on one config: build the dataset, train the models (or import and evaluate a zoo of published
+ones), fan out inversions, summarise.
 
     python -m jobs.main --config jobs/configs/digits.yaml          # local Ray, built-in digits
     ray job submit --working-dir . -- python -m jobs.main --config jobs/configs/digits.yaml
@@ -15,6 +16,7 @@ import pandas as pd
 from jobs.build_dataset import build
 from jobs.common import run_entry_point
 from jobs.config import ExperimentConfig
+from jobs.evaluate import evaluate
 from jobs.fanout import run_fanout
 from jobs.train import train_all
 from robrep.core.location import redact
@@ -29,12 +31,15 @@ def main(config: ExperimentConfig) -> None:
     build(config.data)
     connect(config.ray.address, config.ray.num_cpus, verbose=config.ray.verbose)
     train_all(config)
+    for spec in config.zoo:  # imported once, evaluated once per setting: a rerun goes straight on
+        evaluate(config, spec, resume=True)
     if config.fanout is None:
         print("[main] no fanout section: done after training", flush=True)
         return
     run_fanout(config)
     results = current_results(config.store_root)
-    table = summary_table(read_table(config.store_root, "models"), results)
+    root = config.store_root
+    table = summary_table(read_table(root, "models"), results, read_table(root, "evaluations"))
     with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
         print(f"\n== summary (store: {redact(config.store_root)}) ==")
         print(table.to_string(index=False))

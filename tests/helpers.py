@@ -147,6 +147,30 @@ def robustness_layout(state: dict, mean, std) -> dict:
     return {"model": model, "epoch": 150, "optimizer": {"state": {}, "param_groups": []}}
 
 
+def zoo_checkpoints(folder: str | Path) -> Path:
+    """The published files robust_zoo_smoke.yaml imports, each made with its publishing library's own class (random
+    weights, 10 classes): a robustness-library CIFAR ResNet-18 in its layout, torchvision's and timm's ResNet-18 and
+    timm's ConvNeXt-atto as plain state dicts, and RobustBench's Rice2020Overfitting where RobustBench keeps it."""
+    import timm
+    import torchvision
+    from robustness.cifar_models.resnet import ResNet18
+
+    from robrep.models import robustbench
+
+    folder = Path(folder)
+    (folder / "robustbench" / "cifar10" / "L2").mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(0)
+    torch.save(robustness_layout(ResNet18(num_classes=10).state_dict(), CIFAR_MEAN, CIFAR_STD),
+               folder / "robustness_cifar_resnet18.pt")
+    torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), folder / "torchvision_resnet18.pt")
+    torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), folder / "timm_resnet18.pt")
+    torch.save(timm.create_model("convnext_atto", num_classes=10).state_dict(), folder / "timm_convnext_atto.pt")
+    state = robustbench.entry("cifar10", "L2", "Rice2020Overfitting")["model"]().state_dict()
+    torch.save({k: v for k, v in state.items() if k not in ("mu", "sigma")},  # as published: no class constants
+               folder / "robustbench" / "cifar10" / "L2" / "Rice2020Overfitting.pt")
+    return folder
+
+
 def location_roundtrip(root: str) -> None:
     """Files and a checkpoint written, read, copied and loaded back under `root` (a path or a URI)."""
     from robrep.checkpoint import load_checkpoint, read_meta, save_checkpoint

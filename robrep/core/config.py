@@ -166,4 +166,7 @@ def load_yaml(path: str | Path, overrides: list[str] = ()) -> dict:
         raise ConfigError(f"config file {str(path)!r} is not valid YAML: {yaml_problem(e)}") from e
     if not isinstance(data, dict):
         raise ConfigError(f"config file {str(path)!r} must hold a mapping of sections, not {type(data).__name__}")
+    # Top-level keys that start with "x-" hold YAML anchors for the sections to share (Compose's convention); they
+    # are no section themselves.
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     return apply_overrides(data, list(overrides))

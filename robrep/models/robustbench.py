@@ -20,6 +20,7 @@ from __future__ import annotations
 import difflib
 import importlib.util
 import sys
+import warnings
 
 from torch import nn
 
@@ -44,7 +45,9 @@ def _zoo() -> dict:
             raise ConfigError(f"robustbench.* models need the robustbench package: {INSTALL}")
         sys.modules["robustbench"] = importlib.util.module_from_spec(spec)  # the package, without its __init__
     try:
-        from robustbench.model_zoo import model_dicts
+        with warnings.catch_warnings():  # its architectures import timm's old module paths, which timm warns about
+            warnings.simplefilter("ignore", FutureWarning)
+            from robustbench.model_zoo import model_dicts
     except ImportError as e:
         raise ConfigError(f"robustbench's model zoo cannot be imported ({e}): {INSTALL}") from e
     return model_dicts

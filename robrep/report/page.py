@@ -132,10 +132,15 @@ def blocks(rows: pd.DataFrame) -> list[pd.DataFrame]:
     return [rows[key == k] for k in sorted(key.unique())]
 
 
-def summary_table(models: pd.DataFrame, results: pd.DataFrame) -> pd.DataFrame:
+def summary_table(models: pd.DataFrame, results: pd.DataFrame, evaluations: pd.DataFrame | None = None) -> pd.DataFrame:
     """The summary numbers: each kind's part (JobKind.summary, e.g. invert's Sec. 4.1 statistics per model and block),
-    from its rows on the models' own dataset, with the models table's latest row per model."""
+    from its rows on the models' own dataset, with the models table's latest row per model. An imported model has
+    no training accuracies: its clean_acc and adv_acc are those of its latest `evaluations` row, where given."""
     models = models.sort_values("created_at").groupby("model_id").last() if not models.empty else models
+    if evaluations is not None and not evaluations.empty and not models.empty:
+        latest = evaluations.sort_values("created_at").groupby("model_id").last()
+        for column in ("clean_acc", "adv_acc"):
+            models[column] = models[column].fillna(latest[column].reindex(models.index))
     results = in_distribution(results)
     parts = [kind.summary(models, results[results["kind"] == kind.name]) for kind in KINDS.values() if kind.summary]
     parts = [p for p in parts if p is not None and not p.empty]
@@ -176,13 +181,14 @@ def _models_table(report: Report, models: pd.DataFrame, evaluations: pd.DataFram
                      "apgd_dlr_acc": "APGD-DLR"}))
 
 
-def _summary(report: Report, results: pd.DataFrame, models: pd.DataFrame, tune: pd.DataFrame) -> None:
+def _summary(report: Report, results: pd.DataFrame, models: pd.DataFrame, tune: pd.DataFrame,
+             evaluations: pd.DataFrame) -> None:
     report.heading("Summary numbers")
     if results.empty:
         report.missing_section("results", "run python -m jobs.fanout")
     else:
         report.table(results.groupby(["kind", "model_id"]).size().rename("rows").reset_index())
-        summary = summary_table(models, results)
+        summary = summary_table(models, results, evaluations)
         if not summary.empty:
             report.table(summary)
         judged = judged_table(results)
@@ -218,7 +224,8 @@ def build_report(store: str, out: str, title: str | None = None) -> Report:
     lookup = {(row.dataset, row.split, int(row.index)): row.image_png for row in images.itertuples()}
     report.text("Every figure and the summary show, per kind, the blocks of the last fan-out run that had that kind "
                 "(their weights, constraint, eps, step size, steps and precision); the store keeps every run.")
-    _models_table(report, models, read_table(store, "evaluations"))
+    evaluations = read_table(store, "evaluations")
+    _models_table(report, models, evaluations)
     for kind in KINDS.values():
         if kind.report is None:
             continue
@@ -233,6 +240,6 @@ def build_report(store: str, out: str, title: str | None = None) -> Report:
             else:
                 kind.report(report, part, lookup)
         report.block = ""
-    _summary(report, results, models, read_table(store, "tune_trials"))
+    _summary(report, results, models, read_table(store, "tune_trials"), evaluations)
     report.write(title or f"robrep report: {redact(store)}")
     return report

@@ -104,7 +104,7 @@ def summary(models: pd.DataFrame, rows: pd.DataFrame) -> pd.DataFrame:
         model = models.loc[model_id] if model_id in models.index else None
         out.append({
             **setting,
-            "robust": bool(model["robust"]) if model is not None else None,
+            "robust": bool(model["robust"]) if model is not None and pd.notna(model["robust"]) else None,
             "eps": float(model["eps"]) if model is not None else None,
             "clean_acc": float(model["clean_acc"]) if model is not None else None,
             "adv_acc": float(model["adv_acc"]) if model is not None else None,
