@@ -17,7 +17,7 @@ CONFIGS = sorted(p.name for p in Path("jobs/configs").glob("*.yaml"))
 @pytest.mark.parametrize("name", CONFIGS)
 def test_shipped_configs_load(name):
     config = load_config(f"jobs/configs/{name}")
-    assert config.train or config.evaluate
+    assert config.train or config.evaluate or config.zoo
 
 
 @pytest.mark.parametrize("name", [n for n in CONFIGS if not n.endswith("_smoke.yaml")])
@@ -27,6 +27,35 @@ def test_every_preset_has_a_smoke_twin_with_the_same_models(name):
         (m.model_id, m.arch, m.attack is None) for m in smoke.train
     ]
     assert all(not m.use_gpu for m in smoke.train) and smoke.ray.address is None
+    # a zoo's twin imports every format the preset does (its models are small ones, synthesised)
+    def formats(config):
+        return {k for spec in config.zoo for k in ("robustness_checkpoint", "state_dict", "robustbench")
+                if getattr(spec, k)}
+    assert formats(full) <= formats(smoke) and all(spec.gpus_per_shard == 0 for spec in smoke.zoo)
+    if full.zoo:
+        assert [b.kind for b in full.fanout.jobs] == [b.kind for b in smoke.fanout.jobs]
+
+
+@pytest.mark.parametrize("name", [n for n in CONFIGS if load_config(f"jobs/configs/{n}").zoo])
+def test_every_zoo_model_names_an_architecture_that_builds(name):
+    """Each zoo entry's arch (or RobustBench name) builds, on the meta device; the fan-out names only zoo models."""
+    import torch
+
+    from robrep.models import create_model
+    from robrep.models import robustbench
+
+    config = load_config(f"jobs/configs/{name}")
+    classes = 10 if name.endswith("_smoke.yaml") else 1000
+    for spec in config.zoo:
+        with torch.device("meta"):
+            if spec.robustbench:
+                create_model(f"robustbench.{spec.robustbench_dataset}.{spec.threat_model}.{spec.robustbench}",
+                             robustbench.DATASETS[spec.robustbench_dataset][1], [0.0] * 3, [1.0] * 3)
+            else:
+                create_model(spec.arch, classes, [0.5] * 3, [0.25] * 3)
+    ids = {spec.model_id or spec.robustbench for spec in config.zoo}
+    assert set(config.fanout.models) <= ids
+    assert all(set(block.models or ()) <= ids for block in config.fanout.jobs)
 
 
 def test_paper_presets_carry_the_papers_settings():
