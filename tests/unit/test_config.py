@@ -41,8 +41,7 @@ def test_every_zoo_model_names_an_architecture_that_builds(name):
     """Each zoo entry's arch (or RobustBench name) builds, on the meta device; the fan-out names only zoo models."""
     import torch
 
-    from robrep.models import create_model
-    from robrep.models import robustbench
+    from robrep.models import create_model, robustbench
 
     config = load_config(f"jobs/configs/{name}")
     classes = 10 if name.endswith("_smoke.yaml") else 1000
