@@ -199,3 +199,27 @@ def test_a_convolution_output_that_is_changed_or_read_elsewhere_is_not_folded():
     x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
     with torch.no_grad():
         torch.testing.assert_close(fold_batchnorm(net)(x), net(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("arch", ["timm.resnet18", "robustbench.cifar10.L2.Rice2020Overfitting"])
+def test_wrapped_models_run_in_bf16_and_compiled_with_the_fake_relu(arch):
+    """A library's network (its R(x) taken by hook, its fake ReLU found by a torch-function mode) through FastModel:
+    compiled, the same values and fake-ReLU input gradients as eager; in bf16, within bf16's error."""
+    torch.manual_seed(0)
+    kwargs = {"image_size": 32} if arch.startswith("timm.") else {}
+    model = _random_batchnorm(create_model(arch, 10, MEAN, STD, **kwargs))
+    eager, compiled, bf16 = (FastModel(model, "cpu"), FastModel(model, "cpu", compile=True),
+                             FastModel(model, "cpu", "bf16"))
+    x = torch.rand(3, 3, 32, 32, requires_grad=True)
+    outs = []
+    for fast in (eager, compiled, bf16):
+        rep = fast.representation(x, fake_relu=True)
+        (grad,) = torch.autograd.grad(rep[:, :8].sum(), x)
+        outs.append((rep.detach(), grad, fast(x.detach())))
+    for a, b in zip(outs[0], outs[1], strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    (rep, grad, logits), (rep16, grad16, logits16) = outs[0], outs[2]
+    errors = [float((a - b).norm() / a.norm()) for a, b in ((rep, rep16), (logits, logits16))]
+    cosine = float(torch.nn.functional.cosine_similarity(grad.flatten(), grad16.flatten(), dim=0))
+    # measured at this seed: timm 0.006 / 0.007 relative, gradient cosine 0.990; RobustBench 0.002 / 0.005, 0.998
+    assert max(errors) < 0.05 and cosine > 0.95, (errors, cosine)
