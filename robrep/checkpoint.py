@@ -112,6 +112,10 @@ def _load_file(path: str | Path, what: str) -> tuple[object, str]:
         raise CheckpointError(f"cannot read {redact(path)} with weights_only=True: {e}") from e
 
 
+# A torchvision network the library trained as a custom architecture (make_and_restore_model(arch=<module>,
+# add_custom_forward=True): the zoo's MNASNet, MobileNet-v2, ShuffleNet-v2) sits in its DummyModel, as `model`:
+# keys module.model.model.<torchvision keys>.
+DUMMY_MODEL = "model."
 # Where the library's own class renamed a torchvision layer (its AlexNet's last Linear is `last_layer`).
 ROBUSTNESS_RENAMES = {"alexnet": {"last_layer.": "classifier.6."}}
 
@@ -151,6 +155,9 @@ def import_robustness_checkpoint(
     except ConfigError as e:
         raise CheckpointError(str(e)) from e
     if isinstance(model, Wrapped):  # a torchvision architecture the library trained: its keys are torchvision's
+        network = [k for k in weights if not k.startswith("normalize.")]
+        if network and all(k.startswith(DUMMY_MODEL) for k in network):  # make_and_restore_model's DummyModel
+            weights = {k[len(DUMMY_MODEL):] if k.startswith(DUMMY_MODEL) else k: v for k, v in weights.items()}
         renames = ROBUSTNESS_RENAMES.get(arch.split(".", 1)[1], {})
         weights = {k if k.startswith("normalize.") else f"net.{_renamed(k, renames)}": v for k, v in weights.items()}
     _load_exact(model, weights, f"{path} (as {arch})")

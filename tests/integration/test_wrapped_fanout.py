@@ -1,6 +1,8 @@
 """The fan-out on wrapped library classifiers (a torchvision ResNet-18 and a timm ConvNeXt), from checkpoint folders,
-on 32 px RGB data: inversions run on both, each judged by the other; a visualization runs on the ReLU network, and a
-block that asks it of the GELU one is refused at the door, with the reason, before any job runs."""
+on 32 px RGB data: every job kind runs (inversions, radius sweeps, pairs, interpolations and top-activating images
+on both, each judged by the other; visualizations and manipulations, which need the fake ReLU, on the ReLU
+network), and a block that asks the fake ReLU of the GELU one is refused at the door, with the reason, before any
+job runs."""
 
 import pandas as pd
 import pytest
@@ -39,7 +41,18 @@ def test_every_kind_it_admits_runs_on_wrapped_models(tmp_path):
         "workers": 2, "max_in_flight": 2,
         "jobs": [{"kind": "invert", "inits": ["noise", "image"], "step_size": 0.5, "steps": 5},
                  {"kind": "visualize", "indices": {"mode": "first", "n": 1}, "inits": ["gray"],
-                  "coordinates": {"mode": "top", "n": 1}, "step_size": 0.5, "steps": 3}]}
+                  "coordinates": {"mode": "top", "n": 1}, "step_size": 0.5, "steps": 3},
+                 {"kind": "invert_sweep", "indices": {"mode": "first", "n": 1}, "radii": [0.5, 2.0],
+                  "step_size": 0.1, "steps": 3},
+                 {"kind": "pairs", "indices": {"mode": "first", "n": 2}, "step_size": 0.1, "steps": 3},
+                 {"kind": "interpolate", "indices": {"mode": "first", "n": 1}, "lam_steps": 2, "step_size": 0.1,
+                  "steps": 3},
+                 {"kind": "top_activating", "coordinates": {"mode": "list", "values": [0, 5]}, "images_per_end": 1},
+                 {"kind": "regularized_visualize", "models": [relu], "indices": {"mode": "first", "n": 1},
+                  "inits": ["gray"], "coordinates": {"mode": "top", "n": 1}, "jitter": 1, "max_degrees": 10.0,
+                  "step_size": 0.1, "steps": 3},
+                 {"kind": "manipulate", "models": [relu], "indices": {"mode": "first", "n": 1}, "inits": ["image"],
+                  "coordinates": {"mode": "list", "values": [3]}, "step_size": 0.05, "steps": 3}]}
     path = tmp_path / "wrapped.yaml"
     path.write_text(yaml.safe_dump(config))
     refused = run_module("jobs.fanout", "--config", str(path))
@@ -58,4 +71,9 @@ def test_every_kind_it_admits_runs_on_wrapped_models(tmp_path):
     assert (inverted["judge_pred"] >= 0).all() and inverted["rep_dist_rel"].notna().all()
     shown = results[results["kind"] == "visualize"]
     assert set(shown["model_id"]) == {"tv_resnet18"} and len(shown) == 1
+    by_kind = results.groupby("kind")["model_id"].agg(lambda ids: sorted(set(ids))).to_dict()
+    both, relu_only = ["timm_convnext", "tv_resnet18"], ["tv_resnet18"]
+    assert by_kind == {"invert": both, "invert_sweep": both, "pairs": both, "interpolate": both,
+                       "top_activating": both, "visualize": relu_only, "regularized_visualize": relu_only,
+                       "manipulate": relu_only}
     assert not (tmp_path / "store" / "failures").exists()

@@ -179,6 +179,39 @@ def test_robustness_checkpoints_of_torchvision_architectures_import_with_the_lib
     assert meta["arch"] == f"torchvision.{name}" and meta["source"] == "robustness"
 
 
+class DummyModel(nn.Module):
+    """robustness.model_utils.DummyModel, the wrapper make_and_restore_model(arch=<module>, add_custom_forward=True)
+    puts a custom architecture in (a `model` attribute, a forward that drops the library's extra arguments). Its
+    module cannot be imported here (it imports dill and cox, which the library's model classes do not need), so
+    its two-line shape is repeated; the keys it gives are what matter."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x, *args, **kwargs):
+        return self.model(x)
+
+
+@pytest.mark.parametrize("name", ["mnasnet1_0", "mobilenet_v2", "shufflenet_v2_x1_0"])
+def test_the_zoos_custom_torchvision_architectures_import_from_their_dummy_model_layout(tmp_path, name):
+    """The ImageNet zoo's MNASNet, MobileNet-v2 and ShuffleNet-v2 were trained as custom architectures: their
+    checkpoints read module.model.model.<torchvision keys>. Imported as torchvision.<name>: the same logits."""
+    from helpers import robustness_layout
+
+    from robrep.checkpoint import import_robustness_checkpoint
+
+    torch.manual_seed(0)
+    reference = DummyModel(randomise_batchnorm(torchvision.models.get_model(name, num_classes=9))).eval()
+    torch.save(robustness_layout(reference.state_dict(), MEAN, STD), tmp_path / "r.pt")
+    model, meta = import_robustness_checkpoint(tmp_path / "r.pt", f"torchvision.{name}", 9)
+    x = torch.rand(2, 3, 64, 64)
+    normalized = (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(x), reference(normalized), atol=1e-5, rtol=1e-5)
+    assert meta["arch"] == f"torchvision.{name}"
+
+
 def test_plain_state_dicts_import_with_their_stated_normalisation(tmp_path):
     from robrep.checkpoint import import_state_dict, load_checkpoint, save_checkpoint
     from robrep.core.errors import CheckpointError
