@@ -3,6 +3,8 @@
     create_model("resnet50", 1000, mean, std)                  # hand-written (robrep/models/hand.py)
     create_model("torchvision.densenet161", 1000, mean, std)   # any torchvision or timm classifier
     create_model("timm.convnext_atto", 10, mean, std)          # (robrep/models/wrapped.py)
+    create_model("robustbench.cifar10.Linf.Carmon2019Unlabeled", 10, [0] * 3, [1] * 3)   # robustbench.py
+    create_model("robustness.cifar.DenseNet121", 10, mean, std)   # the robustness library's classes: robustness.py
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from collections.abc import Sequence
 from torch import nn
 
 from robrep.core.errors import ConfigError
-from robrep.models import robustbench  # noqa: F401  (registers the robustbench.* family)
+from robrep.models import robustbench, robustness  # noqa: F401  (register the robustbench.* and robustness.* families)
 from robrep.models.base import Normalize, _FakeReLU, input_channels
 from robrep.models.hand import ARCHS, VGG16, CifarResNet, ResNet, SmallCNN
 from robrep.models.wrapped import FAMILIES, Wrapped, is_wrapped

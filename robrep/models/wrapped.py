@@ -28,9 +28,11 @@ from robrep.models.base import Normalize, _FakeReLU
 _RELUS = {F.relu, torch.relu, torch.relu_, torch.Tensor.relu, torch.Tensor.relu_}
 # What may come between the last ReLU and the classifier's input for R(x) to still be "a ReLU's output": pooling,
 # reshaping and (eval-mode) dropout, each of which passes a fake ReLU's gradient on unchanged in kind.
+# Max pooling commutes with a ReLU (both monotone); a copy (clone) changes nothing.
 _AFTER_RELU = {F.adaptive_avg_pool2d, F.avg_pool2d, F.dropout, torch.flatten, torch.Tensor.flatten, torch.mean,
                torch.Tensor.mean, torch.Tensor.view, torch.Tensor.reshape, torch.reshape, torch.Tensor.contiguous,
-               torch.squeeze, torch.Tensor.squeeze, F.adaptive_max_pool2d}
+               torch.squeeze, torch.Tensor.squeeze, F.adaptive_max_pool2d, F.max_pool2d, torch.clone,
+               torch.Tensor.clone}
 
 
 def _torchvision(name: str, num_classes: int) -> tuple[nn.Module, int]:
@@ -77,8 +79,9 @@ def _head_name(net: nn.Module, arch: str, num_classes: int) -> str:
     head = net.get_classifier() if hasattr(net, "get_classifier") else \
         next((m for m in reversed(list(net.modules())) if isinstance(m, nn.Linear)), None)
     if not isinstance(head, nn.Linear) or head.out_features != num_classes:
+        found = f"a Linear with {head.out_features}" if isinstance(head, nn.Linear) else type(head).__name__
         raise ConfigError(f"{arch}: its final classifier layer is not a Linear with {num_classes} outputs "
-                          f"({type(head).__name__}); R(x), the input of that layer, is not defined for it")
+                          f"({found}); R(x), the input of that layer, is not defined for it")
     return names[id(head)]
 
 

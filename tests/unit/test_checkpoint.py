@@ -168,3 +168,66 @@ def test_import_mismatches_say_what_differs(tmp_path):
         import_robustness_checkpoint(tmp_path / "plain.pt", "cifar_resnet18", 10)
     with pytest.raises(CheckpointError, match="no robustness checkpoint"):
         import_robustness_checkpoint(tmp_path / "absent.pt", "cifar_resnet18", 10)
+
+
+# The library's other architectures, as robustness.<module>.<constructor> (its own classes, robrep/models/
+# robustness.py): (module, constructor, image size, whether the library's own forward takes fake_relu=True).
+LIBRARY_CLASSES = [("cifar", "DenseNet121", 32, True), ("cifar", "VGG11", 32, False),
+                   ("cifar", "inceptionv3", 32, False), ("imagenet", "leaky_resnet18", 64, False),
+                   ("imagenet", "densenet121", 64, True)]
+
+
+@pytest.mark.parametrize("family,name,size,library_fake_relu", LIBRARY_CLASSES, ids=[c[1] for c in LIBRARY_CLASSES])
+def test_the_librarys_other_architectures_import_as_its_own_classes(tmp_path, family, name, size, library_fake_relu):
+    """A checkpoint of the library's CIFAR DenseNet / VGG / Inception or ImageNet leaky ResNet / DenseNet, saved in
+    its layout, imports as robustness.<module>.<name>: the library's logits and latent (`with_latent`) within
+    1e-5, and, where the library's forward takes fake_relu, its input gradient through the fake ReLU."""
+    imagenet_models, cifar_models = library_models()
+    torch.manual_seed(0)
+    # 10 classes: the library's inceptionv3 builds 10 whatever it is asked
+    reference = getattr(cifar_models if family == "cifar" else imagenet_models, name)(num_classes=10)
+    for module in reference.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.1, 0.1)
+            module.running_var.uniform_(0.8, 1.2)
+    reference.eval()
+    mean, std = (CIFAR_MEAN, CIFAR_STD) if family == "cifar" else (IMAGENET_MEAN, IMAGENET_STD)
+    torch.save(robustness_layout(reference.state_dict(), mean, std), tmp_path / "r.pt")
+    model, meta = import_robustness_checkpoint(tmp_path / "r.pt", f"robustness.{family}.{name}", 10)
+    x = torch.rand(2, 3, size, size, requires_grad=True)
+    normalized = (x - torch.tensor(mean).view(1, 3, 1, 1)) / torch.tensor(std).view(1, 3, 1, 1)
+    logits, latent = reference(normalized, with_latent=True, fake_relu=library_fake_relu)
+    torch.testing.assert_close(model(x), logits, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(model.representation(x, fake_relu=library_fake_relu), latent.flatten(1), atol=1e-5,
+                               rtol=1e-5)
+    if library_fake_relu:
+        coordinate = int(latent.flatten(1)[0].argmin())
+        expected = torch.autograd.grad(latent.flatten(1)[0, coordinate], x)[0]
+        ours = model.representation(x, fake_relu=True)[0, coordinate]
+        torch.testing.assert_close(torch.autograd.grad(ours, x)[0], expected, atol=1e-5, rtol=1e-4)
+    assert meta["arch"] == f"robustness.{family}.{name}"
+
+
+def test_every_constructor_of_the_library_builds_or_is_refused_with_a_reason():
+    """Every classifier constructor of cifar_models and imagenet_models, on the meta device: a model with R(x)
+    found (and the fake ReLU where R follows a ReLU), or one ConfigError (SqueezeNet's convolution head, the
+    library's own broken ResNet18Thin)."""
+    from robrep.core.errors import ConfigError
+    from robrep.models import fake_relu_problem, robustness
+
+    built, refused, no_fake = set(), set(), set()
+    for family in ("cifar", "imagenet"):
+        for name in robustness.constructors(family):
+            try:
+                with torch.device("meta"):
+                    model = create_model(f"robustness.{family}.{name}", 10, CIFAR_MEAN, CIFAR_STD)
+                    if fake_relu_problem(model):
+                        no_fake.add(name)
+                built.add((family, name))
+            except ConfigError:
+                refused.add(name)
+    assert refused == {"ResNet18Thin", "squeezenet1_0", "squeezenet1_1"}
+    # R after a leaky ReLU (the library's fake_relu there swaps in a plain ReLU's forward), or after concatenating
+    # several branches' ReLUs (Inception)
+    assert no_fake == {"inceptionv3", *(f"leaky_resnet{d}" for d in (18, 34, 50, 101, 152))}
+    assert len(built) == 60  # measured: 30 in cifar_models (with lower-case aliases), 30 in imagenet_models
