@@ -149,10 +149,11 @@ def robustness_layout(state: dict, mean, std) -> dict:
 
 def zoo_checkpoints(folder: str | Path) -> Path:
     """The published files robust_zoo_smoke.yaml imports, each made with its publishing library's own class (random
-    weights, 10 classes): a robustness-library CIFAR ResNet-18 in its layout, torchvision's and timm's ResNet-18 and
-    timm's ConvNeXt-atto as plain state dicts, and RobustBench's Rice2020Overfitting where RobustBench keeps it."""
+    weights, 10 classes): a robustness-library CIFAR ResNet-18 and DenseNet in its layout, torchvision's and timm's
+    ResNet-18 and timm's ConvNeXt-atto as plain state dicts, RobustBench's Rice2020Overfitting where it keeps it."""
     import timm
     import torchvision
+    from robustness.cifar_models.densenet import densenet_cifar
     from robustness.cifar_models.resnet import ResNet18
 
     from robrep.models import robustbench
@@ -162,6 +163,8 @@ def zoo_checkpoints(folder: str | Path) -> Path:
     torch.manual_seed(0)
     torch.save(robustness_layout(ResNet18(num_classes=10).state_dict(), CIFAR_MEAN, CIFAR_STD),
                folder / "robustness_cifar_resnet18.pt")
+    torch.save(robustness_layout(densenet_cifar(num_classes=10).state_dict(), CIFAR_MEAN, CIFAR_STD),
+               folder / "robustness_densenet_cifar.pt")
     torch.save(torchvision.models.resnet18(num_classes=10).state_dict(), folder / "torchvision_resnet18.pt")
     torch.save(timm.create_model("resnet18", num_classes=10).state_dict(), folder / "timm_resnet18.pt")
     torch.save(timm.create_model("convnext_atto", num_classes=10).state_dict(), folder / "timm_convnext_atto.pt")

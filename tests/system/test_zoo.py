@@ -1,6 +1,7 @@
-"""The zoo preset's CPU smoke twin (jobs/configs/robust_zoo_smoke.yaml) from end to end: five published formats and
-families (a robustness-library checkpoint, torchvision and timm state dicts, a GELU timm model, a RobustBench model
-by name) imported, evaluated, inverted and visualized in one store, the report drawn, a rerun resuming."""
+"""The zoo preset's CPU smoke twin (jobs/configs/robust_zoo_smoke.yaml) from end to end: every published format and
+family (robustness-library checkpoints of a hand-written and a library class, torchvision and timm state dicts, a
+GELU timm model, a RobustBench model by name) imported, evaluated, inverted and visualized in one store, the report
+drawn, a rerun resuming."""
 
 import pandas as pd
 import pytest
@@ -8,7 +9,8 @@ from helpers import REPO, run_module, zoo_checkpoints
 
 pytestmark = [pytest.mark.ray, pytest.mark.ffcv, pytest.mark.slow]
 
-ZOO = {"madry_cifar_rn18": "cifar_resnet18", "tv_rn18": "torchvision.resnet18", "timm_rn18": "timm.resnet18",
+ZOO = {"madry_cifar_rn18": "cifar_resnet18", "madry_densenet": "robustness.cifar.densenet_cifar",
+       "tv_rn18": "torchvision.resnet18", "timm_rn18": "timm.resnet18",
        "timm_convnext_atto": "timm.convnext_atto", "Rice2020Overfitting": "robustbench.cifar10.L2.Rice2020Overfitting"}
 
 
@@ -38,9 +40,9 @@ def test_the_zoo_smoke_twin_imports_evaluates_and_fans_out_over_every_format(tmp
 
     again = run_module("jobs.main", "--config", str(config))  # resumes: nothing imported, evaluated or run twice
     assert again.returncode == 0, again.stderr[-4000:]
-    assert again.stdout.count("in the store already") == 5 and again.stdout.count("evaluated already") == 5
-    assert "28 already in the store, 0 to run" in again.stdout
-    assert len(pd.read_parquet(store / "evaluations")) == 5 and len(pd.read_parquet(store / "models")) == 5
+    assert again.stdout.count("in the store already") == 6 and again.stdout.count("evaluated already") == 6
+    assert "34 already in the store, 0 to run" in again.stdout
+    assert len(pd.read_parquet(store / "evaluations")) == 6 and len(pd.read_parquet(store / "models")) == 6
 
     clash = tmp_path / "clash.yaml"  # a model_id the store has from another file
     clash.write_text(config.read_text().replace("published/torchvision_resnet18.pt", "published/timm_resnet18.pt"))

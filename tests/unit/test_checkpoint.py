@@ -9,6 +9,7 @@ from helpers import CIFAR_MEAN, CIFAR_STD, robustness_layout
 
 from robrep.checkpoint import load_checkpoint, save_checkpoint
 from robrep.core.errors import CheckpointError
+from robrep.fast import fold_batchnorm
 from robrep.models import create_model
 
 META = {"arch": "small_cnn", "arch_kwargs": {"width": 8}, "num_classes": 10, "mean": [0.1] * 3, "std": [0.2] * 3}
@@ -206,6 +207,11 @@ def test_the_librarys_other_architectures_import_as_its_own_classes(tmp_path, fa
         ours = model.representation(x, fake_relu=True)[0, coordinate]
         torch.testing.assert_close(torch.autograd.grad(ours, x)[0], expected, atol=1e-5, rtol=1e-4)
     assert meta["arch"] == f"robustness.{family}.{name}"
+    model, x = model.double(), x.detach().double()  # FastModel's batch-norm folding is exact on it, in float64
+    folded = fold_batchnorm(model)
+    with torch.no_grad():
+        torch.testing.assert_close(folded(x), model(x), rtol=1e-9, atol=1e-9)
+        torch.testing.assert_close(folded.representation(x), model.representation(x), rtol=1e-9, atol=1e-9)
 
 
 def test_every_constructor_of_the_library_builds_or_is_refused_with_a_reason():
