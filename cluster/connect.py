@@ -57,6 +57,10 @@ def connect(address: str | None, num_cpus: int | None = None, *, verbose: bool =
     # The metrics agent's Prometheus exporter binds to all interfaces for any node address but 127.0.0.1 (which
     # Ray replaces); a laptop's Ray has no Prometheus to serve, so it does not start one.
     os.environ.setdefault("RAY_enable_metrics_collection", "0")
+    # Ray starts its workers at niceness 15 (worker_niceness): on a small machine its own services at 0 then take
+    # the CPU from a training worker and FFCV's threads (bench/train.py: 0.59 of a plain process). Workers at 0 run
+    # as a plain process does, level with Ray's services (docs/cluster.md; the cluster configs set the same).
+    os.environ.setdefault("RAY_worker_niceness", "0")
     ray.init(
         address="local",  # always a new local Ray; never attach to whatever cluster this machine ran last
         num_cpus=num_cpus,

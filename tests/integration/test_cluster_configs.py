@@ -43,6 +43,8 @@ def test_aws_config_passes_rays_launcher_checks_and_shares_what_must_be_shared()
     head = "\n".join(config["head_start_ray_commands"])
     assert "--dashboard-host=127.0.0.1" in head and "RAY_AUTH_MODE=token" in head and ".venv/bin" in head
     assert any("auth_token" in target for target in config["file_mounts"])
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        assert "RAY_worker_niceness=0" in "\n".join(commands), "workers at a plain process's priority"
 
 
 def test_onprem_config_passes_rays_launcher_checks_and_assumes_no_user_or_home():
@@ -53,6 +55,8 @@ def test_onprem_config_passes_rays_launcher_checks_and_assumes_no_user_or_home()
     assert prepared["provider"]["worker_ips"] and prepared["provider"]["head_ip"]
     assert not re.search(r"/home/|ubuntu", text), "no hard-coded home folder or user"
     assert "--num-cpus=0" in "\n".join(config["head_start_ray_commands"])
+    for commands in (config["head_start_ray_commands"], config["worker_start_ray_commands"]):
+        assert "RAY_worker_niceness=0" in "\n".join(commands), "workers at a plain process's priority"
     assert {".venv", "runs"} <= set(config["rsync_exclude"])
 
 
@@ -64,6 +68,7 @@ def _pod_spec_checks(group: dict, where: str) -> dict:
     assert containers and all(c.get("name") and c.get("image") for c in containers), f"{where}: containers"
     env = {e["name"] for e in containers[0].get("env", [])}
     assert {"RAY_AUTH_MODE", "RAY_AUTH_TOKEN"} <= env, f"{where}: token auth"
+    assert {"name": "RAY_worker_niceness", "value": "0"} in containers[0]["env"], f"{where}: workers' niceness"
     mounts = {m["mountPath"] for m in containers[0].get("volumeMounts", [])}
     assert "/mnt/shared" in mounts, f"{where}: the shared volume"
     return containers[0]
