@@ -1,7 +1,6 @@
 """robrep's checkpoint format round-trips and refuses what does not match."""
 
 import json
-import sys
 
 import pytest
 import torch
@@ -72,18 +71,11 @@ from robrep.checkpoint import import_robustness_checkpoint  # noqa: E402
 
 
 def library_models():
-    """The robustness library's own model modules. Its imagenet_models import `torchvision.models.utils`, which
-    torchvision has since removed; it only used `load_state_dict_from_url` from it (for `pretrained=True`,
-    never called here), so that one name is provided from torch.hub where it now lives."""
-    import types
+    """The robustness library's own model modules, as robrep's robustness.* family imports them (its
+    imagenet_models need the one name of the removed `torchvision.models.utils` that robrep provides)."""
+    from robrep.models.robustness import _module
 
-    if "torchvision.models.utils" not in sys.modules:
-        shim = types.ModuleType("torchvision.models.utils")
-        shim.load_state_dict_from_url = torch.hub.load_state_dict_from_url
-        sys.modules["torchvision.models.utils"] = shim
-    from robustness import cifar_models, imagenet_models
-
-    return imagenet_models, cifar_models
+    return _module("imagenet"), _module("cifar")
 
 
 IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
