@@ -80,7 +80,8 @@ def import_source(spec: EvaluateSpec) -> str:
     """What an import reads (recorded as the imported checkpoint's meta.json `imported_from`): a file, or a
     RobustBench name with its folder."""
     if spec.robustbench:
-        return f"robustbench:{spec.robustbench_dataset}/{spec.threat_model}/{spec.robustbench}@{spec.robustbench_dir}"
+        return (f"robustbench:{spec.robustbench_dataset}/{spec.threat_model}/{spec.robustbench}"
+                f"@{absolute(spec.robustbench_dir)}")
     return absolute(spec.robustness_checkpoint or spec.state_dict)
 
 
