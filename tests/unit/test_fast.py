@@ -2,6 +2,7 @@
 architecture, FastModel (bf16, compiled) computes the model's function, precision names jobs apart, and the quality
 guard: bf16 gives the fp32 results on the trained digits pair."""
 
+import copy
 from collections import Counter
 
 import pytest
@@ -133,10 +134,12 @@ def test_fast_model_is_frozen_and_close_to_the_model_in_bf16():
 
 def test_compiled_fast_model_computes_the_same_values_and_input_gradients():
     torch.manual_seed(0)
-    model = _random_batchnorm(create_model("small_cnn", 10, MEAN, STD, width=8))
+    # float64: in fp32 the compiled kernels round differently from eager's, enough to flip the ReLU mask of a
+    # pre-activation within ~1e-6 of zero and move an input gradient by 0.3% on some CPUs (seen on AVX2, not AVX-512)
+    model = _random_batchnorm(create_model("small_cnn", 10, MEAN, STD, width=8)).double()
     eager, compiled = FastModel(model, "cpu"), FastModel(model, "cpu", compile=True)
     for batch in (5, 3, 7):  # the batch dimension is dynamic: one compilation for all three
-        x = torch.rand(batch, 3, 16, 16, requires_grad=True)
+        x = torch.rand(batch, 3, 16, 16, dtype=torch.float64, requires_grad=True)
         grads = []
         for fast in (eager, compiled):
             rep = fast.representation(x, fake_relu=True)
@@ -208,18 +211,22 @@ def test_wrapped_models_run_in_bf16_and_compiled_with_the_fake_relu(arch):
     torch.manual_seed(0)
     kwargs = {"image_size": 32} if arch.startswith("timm.") else {}
     model = _random_batchnorm(create_model(arch, 10, MEAN, STD, **kwargs))
-    eager, compiled, bf16 = (FastModel(model, "cpu"), FastModel(model, "cpu", compile=True),
-                             FastModel(model, "cpu", "bf16"))
-    x = torch.rand(3, 3, 32, 32, requires_grad=True)
-    outs = []
-    for fast in (eager, compiled, bf16):
+    x = torch.rand(3, 3, 32, 32)
+
+    def run(fast, x):
+        x = x.clone().requires_grad_(True)
         rep = fast.representation(x, fake_relu=True)
         (grad,) = torch.autograd.grad(rep[:, :8].sum(), x)
-        outs.append((rep.detach(), grad, fast(x.detach())))
-    for a, b in zip(outs[0], outs[1], strict=True):
+        return rep.detach(), grad, fast(x.detach())
+
+    # compiled against eager in float64, where rounding cannot flip a ReLU mask (test above)
+    double = copy.deepcopy(model).double()
+    eager, compiled = (run(FastModel(double, "cpu", compile=c), x.double()) for c in (False, True))
+    for a, b in zip(eager, compiled, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
-    (rep, grad, logits), (rep16, grad16, logits16) = outs[0], outs[2]
+    (rep, grad, logits), (rep16, grad16, logits16) = (run(FastModel(model, "cpu", p), x) for p in ("fp32", "bf16"))
     errors = [float((a - b).norm() / a.norm()) for a, b in ((rep, rep16), (logits, logits16))]
     cosine = float(torch.nn.functional.cosine_similarity(grad.flatten(), grad16.flatten(), dim=0))
-    # measured at this seed: timm 0.006 / 0.007 relative, gradient cosine 0.990; RobustBench 0.002 / 0.005, 0.998
+    # measured at this seed: timm 0.006 / 0.006 relative, gradient cosine 0.986; RobustBench 0.002 / 0.005, 0.999
+    print("bf16 against fp32: relative errors of R(x), logits", errors, "gradient cosine", cosine)
     assert max(errors) < 0.05 and cosine > 0.95, (errors, cosine)
