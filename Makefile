@@ -13,9 +13,10 @@ demo: $(STAMP)
 
 # Every lane: tests/unit, tests/integration (FFCV, a local Ray, entry points as processes, S3), tests/system (the
 # trained pair, several nodes, ray job submit, kills and restarts).
+# -X faulthandler: a crash, even one in the interpreter's exit after pytest's summary, prints every thread's stack.
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -X faulthandler -m pytest $(PYTEST_ARGS)
 
 # The fast lane while developing: the linter and tests/unit (no Ray, no FFCV, no subprocess; about 1.5 minutes).
 check: $(STAMP)

@@ -30,6 +30,7 @@ from cluster.storage import storage_options
 from datasets.beton import make_loader, read_info
 from datasets.stage import stage
 from robrep.augment import SEEDED, augment, epoch_generator
+from robrep.compile_cache import shared
 from robrep.core.location import join, write_bytes
 from robrep.models import create_model
 from robrep.store.commit import append_rows
@@ -152,6 +153,10 @@ def train_loop_per_worker(run: TrainRun) -> None:
     model = model.to(memory_format=torch.channels_last)
     ddp_model = prepare_model(model)  # moves to `device`; DDP over gloo (CPU) or NCCL (GPU)
     # compile: one graph for the DDP training step and one for the attack (the unwrapped module, eval mode, frozen)
+    # compiled artifacts are shared through the store with every other worker and node (robrep/compile_cache.py)
+    compile_cache = shared(run.store, device, spec.compile)
+    if compile_cache is not None:
+        compile_cache.load()
     step_model = torch.compile(ddp_model) if spec.compile else ddp_model
     attack_model = torch.compile(model) if spec.compile else model
     train_path, test_path = stage(run.train_path, run.train_source), stage(run.test_path, run.test_source)
@@ -187,6 +192,8 @@ def train_loop_per_worker(run: TrainRun) -> None:
             if run.audit_dir:
                 labels.append(y.cpu().clone())
         correct, loss_sum = int(correct), float(loss_sum)
+        if compile_cache is not None:
+            compile_cache.publish()  # after the epoch that compiled the step and the attack
         _sync_buffers(model)
         lr = optimizer.param_groups[0]["lr"]
         if not step_per_batch(spec):

@@ -19,6 +19,7 @@ from cluster.storage import storage_options
 from datasets.beton import read_indices
 from datasets.stage import stage
 from robrep.checkpoint import load_checkpoint
+from robrep.compile_cache import shared
 from robrep.core.faults import fault_point
 from robrep.core.location import join
 from robrep.experiments import tuning_problem
@@ -40,6 +41,7 @@ class TuneProblem:
     report_every: int  # steps between reports: the unit ASHA compares trials in
     precision: str = "fp32"  # of the trials' PGD (robrep/fast.py)
     compile: bool = False
+    compile_cache: str = ""  # the store whose compile_cache/ the trials share (robrep/compile_cache.py)
 
 
 def _problem(problem: TuneProblem):
@@ -48,7 +50,8 @@ def _problem(problem: TuneProblem):
     model, _ = load_checkpoint(problem.checkpoint, map_location=device)
     images, labels = read_indices(stage(problem.data, problem.data_source), list(problem.indices))
     return tuning_problem(model, images.to(device), labels.to(device), problem.objective,
-                          fast=FastModel(model, device, problem.precision, problem.compile))
+                          fast=FastModel(model, device, problem.precision, problem.compile,
+                                         shared(problem.compile_cache, device, problem.compile)))
 
 
 def trainable(params: dict, problem: TuneProblem) -> None:

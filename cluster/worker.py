@@ -12,6 +12,7 @@ import torch
 from datasets.beton import read_all, read_indices, read_info
 from datasets.stage import stage
 from robrep.checkpoint import load_checkpoint
+from robrep.compile_cache import shared
 from robrep.fanout.job import BatchContext, Job
 from robrep.fanout.registry import get_kind
 from robrep.fast import FastModel
@@ -33,7 +34,8 @@ def _fast(cache: dict, job: Job, on: str) -> FastModel:
     """The job's model for the PGD loop in its precision, compiled once per actor where asked."""
     key = ("fast", job.checkpoint, job.precision, job.compile)
     if key not in cache:
-        cache[key] = FastModel(_model(cache, job.checkpoint, on), on, job.precision, job.compile)
+        cache[key] = FastModel(_model(cache, job.checkpoint, on), on, job.precision, job.compile,
+                               shared(job.compile_cache, on, job.compile))
     return cache[key]
 
 

@@ -194,7 +194,7 @@ def evaluate(config: ExperimentConfig, spec: EvaluateSpec, resume: bool = False)
     scores = evaluate_checkpoint(checkpoint, data, source, num_images, attack, shards=spec.shards,
                                  gpus_per_shard=spec.gpus_per_shard, cpus_per_shard=spec.cpus_per_shard,
                                  batch_size=spec.batch_size, precision=spec.precision, compile=spec.compile,
-                                 apgd_steps=spec.apgd_steps)
+                                 apgd_steps=spec.apgd_steps, compile_cache=config.store_root)
     if "pgd_acc" not in scores:  # no APGD: our PGD is the only attack
         scores["pgd_acc"] = scores["adv_acc"]
     row = {**settings, "checkpoint": checkpoint, "dataset": info["source"], **scores,

@@ -51,7 +51,10 @@ def plan(config: ExperimentConfig) -> list[Job]:
             raise ConfigError(f"fanout.jobs: the images of dataset {name!r} (a block's other dataset) are "
                               f"{targets[name][0].image_shape[1]} px, the models' "
                               f"{split.image_shape[1]} px; build it at data.resolution")
-    return plan_jobs(config.fanout, models, split, labels, judge, targets)
+    jobs = plan_jobs(config.fanout, models, split, labels, judge, targets)
+    if config.fanout.compile:  # compiled workers share their artifacts through the store (robrep/compile_cache.py)
+        jobs = [dataclasses.replace(job, compile_cache=config.store_root) for job in jobs]
+    return jobs
 
 
 def split_ref(config: ExperimentConfig, name: str, dataset: str):

@@ -57,7 +57,7 @@ def main(config: ExperimentConfig) -> None:
     run_id, start = hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:12], time.time()
     problem = TuneProblem(str(model["checkpoint"]), str(config.data.path("test")), config.data.stage_source("test"),
                           tuple(tune_idx), spec.objective, spec.constraint, spec.eps, spec.report_every,
-                          spec.precision, spec.compile)
+                          spec.precision, spec.compile, config.store_root)
     default = {"step_size": spec.default_step_size, "steps": spec.default_steps}
     resources = {"cpu": spec.cpus_per_trial, **({"gpu": spec.gpus_per_trial} if spec.gpus_per_trial else {})}
     print(f"[tune] run {run_id}: {spec.num_samples} trials over step_size and steps on {len(tune_idx)} images",

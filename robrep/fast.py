@@ -14,7 +14,9 @@ Two settings, named the same from config key to argument: `precision` ("fp32" | 
   digits pair this cut the gap to fp32's mean rep_dist_rel from 3.0% to 1.2%, tests/test_fast.py). Outputs come
   back as fp32, so losses, norms and the PGD step stay fp32;
 - compile: torch.compile of the representation and the logits, with the batch dimension dynamic, so one
-  compilation serves every batch size (the fan-out's last batch of a group is smaller).
+  compilation serves every batch size (the fan-out's last batch of a group is smaller). With a `cache`
+  (robrep/compile_cache.py), the artifacts other workers published are loaded first and new ones published after
+  the call that compiled them.
 The original model stays the reference: result rows are measured with it, in fp32.
 """
 
@@ -31,6 +33,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
+from robrep.compile_cache import CompileCache
 from robrep.core.errors import ConfigError
 from robrep.models import input_channels
 
@@ -170,7 +173,8 @@ class FastModel(nn.Module):
     """`model`'s representation and logits, frozen, folded, in `precision`, compiled or not (see the module doc).
     Inputs are [0,1] images on `device`; outputs are fp32."""
 
-    def __init__(self, model: nn.Module, device: str | torch.device, precision: str = "fp32", compile: bool = False):
+    def __init__(self, model: nn.Module, device: str | torch.device, precision: str = "fp32", compile: bool = False,
+                 cache: CompileCache | None = None):
         super().__init__()
         check_precision(precision)
         on = torch.device(device)
@@ -185,6 +189,9 @@ class FastModel(nn.Module):
         self.inner, self.device_type, self.precision = inner, on.type, precision
         self.representation_dim = getattr(model, "representation_dim", None)
         self.compiled = compile
+        self.cache = cache if compile else None
+        if self.cache is not None:
+            self.cache.load()
         self._representation_fn = torch.compile(self._representation) if compile else self._representation
         self._logits_fn = torch.compile(self._logits) if compile else self._logits
 
@@ -206,8 +213,13 @@ class FastModel(nn.Module):
 
     def representation(self, x: torch.Tensor, fake_relu: bool = False) -> torch.Tensor:
         """x: (B, C, H, W) in [0,1] -> R(x): (B, D) fp32."""
-        return self._representation_fn(self._dynamic_batch(x), fake_relu)
+        return self._published(self._representation_fn(self._dynamic_batch(x), fake_relu))
+
+    def _published(self, out: torch.Tensor) -> torch.Tensor:
+        if self.cache is not None:
+            self.cache.publish()  # a counter read, unless this call compiled something
+        return out
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (B, C, H, W) in [0,1] -> logits (B, K) fp32."""
-        return self._logits_fn(self._dynamic_batch(x))
+        return self._published(self._logits_fn(self._dynamic_batch(x)))

@@ -135,6 +135,7 @@ class Job:
     model_robust: bool = field(default=False, compare=False)
     model_eps: float = field(default=0.0, compare=False)
     compile: bool = field(default=False, compare=False)  # torch.compile the PGD loop's model
+    compile_cache: str = field(default="", compare=False)  # the store whose compile_cache/ it shares (compile only)
     # The judge: a classifier that did not produce the images labels each one (judge_pred). A measurement of the
     # result, not part of it: not in the job's identity (a rerun with another judge skips committed jobs).
     judge_model_id: str = field(default="", compare=False)
