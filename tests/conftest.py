@@ -28,6 +28,15 @@ def _seed():
     torch.manual_seed(0)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _compiled_code_freed_before_exit():
+    """Dynamo's caches (the guards of every torch.compile'd function the tests ran) are freed at the end of the
+    session, while the interpreter is whole: freed during its finalization instead, a guard's cleanup can touch Python
+    objects already gone (pytorch/pytorch#178231), and CI once saw pytest segfault after its summary."""
+    yield
+    torch._dynamo.reset()
+
+
 def pytest_collection_modifyitems(config, items):
     """Tests marked gpu run only where CUDA is."""
     if torch.cuda.is_available():
