@@ -23,6 +23,10 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    odd = [k for k in data if not isinstance(k, str)]
+    if odd:
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: the key {odd[0]!r} is not a name "
+                          f"(a {type(odd[0]).__name__}); keys here: {', '.join(sorted(fields))}")
     unknown = sorted(set(data) - set(fields))
     if unknown:
         raise ConfigError(
@@ -118,6 +122,34 @@ def _child(node: Any, part: str, dotted: str) -> tuple[Any, Any]:
     raise ConfigError(f"--set {dotted}: {part!r} is inside a value, not a section of this config")
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """yaml.safe_load's loader, except that a key given twice in one mapping is an error (YAML would keep the last
+    value without a word). A `<<` merge key may override what it merges."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hashable = hash(key) is not None
+            except TypeError:
+                hashable = False
+            if hashable and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice in one mapping (first at line {seen[key] + 1})",
+                    key_node.start_mark)
+            if hashable:
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep)
+
+
+def load_strict(text: str) -> Any:
+    """YAML text as data, like yaml.safe_load, with duplicate keys an error."""
+    return yaml.load(text, Loader=_StrictLoader)  # noqa: S506 - a SafeLoader subclass: no object construction
+
+
 def yaml_problem(error: yaml.YAMLError) -> str:
     """A YAML error in one line: what is wrong and where."""
     problem = getattr(error, "problem", None) or str(error).splitlines()[0]
@@ -146,7 +178,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             raise ConfigError(f"--set {item!r}: expected KEY=VALUE, e.g. --set fanout.batch_size=32")
         dotted, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw)
+            value = load_strict(raw)
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {dotted}: {raw!r} is not a YAML value ({yaml_problem(e)}); quote strings") from e
         set_value(data, dotted, value)
@@ -159,7 +191,7 @@ def load_yaml(path: str | Path, overrides: list[str] = ()) -> dict:
     if not path.is_file():
         raise ConfigError(f"config file {str(path)!r} does not exist; pass --config jobs/configs/<name>.yaml")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = load_strict(path.read_text(encoding="utf-8")) or {}
     except UnicodeDecodeError as e:
         raise ConfigError(f"config file {str(path)!r} is not UTF-8 text ({e.reason}); save it as UTF-8") from e
     except yaml.YAMLError as e:

@@ -20,6 +20,11 @@ BAD = [
     ("fanout", ["--config", "{T}/broken.yaml"], "is not valid YAML"),
     ("fanout", ["--config", "{T}/latin1.yaml"], "is not UTF-8"),
     ("fanout", ["--config", "{T}/list.yaml"], "must hold a mapping"),
+    ("fanout", ["--config", "{T}/twice.yaml"], "the key 'store' is given twice"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.indices={mode: first, n: 3, n: 4}"], "the key 'n' is given twice"),
+    ("fanout", ["--config", "{T}/int_key.yaml"], "the key 1 is not a name"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.indices={1: 2}"], "fanout.indices: the key 1 is not a name"),
+    ("fanout", ["--config", "{C}", "--set", "fanout={~: x}"], "the key None is not a name"),
     ("fanout", ["--config", "{C}", "--set", "learning_rate=3"], "'learning_rate'"),
     ("fanout", ["--config", "{C}", "--set", "fanout.stepz=3"], "'fanout.stepz'"),
     ("fanout", ["--config", "{C}", "--set", "fanout.batch_size"], "expected KEY=VALUE"),
@@ -158,6 +163,8 @@ def world(untrained_pair, tmp_path_factory):
     (tmp / "broken.yaml").write_text("fanout: [unclosed\n")
     (tmp / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
     (tmp / "list.yaml").write_text("- a\n- b\n")
+    (tmp / "twice.yaml").write_text((tmp / "good.yaml").read_text() + f"store: {tmp / 'other'}\n")
+    (tmp / "int_key.yaml").write_text((tmp / "good.yaml").read_text() + "1: x\n")
     (tmp / "tuned_abc.yaml").write_text(yaml.safe_dump({"objective": "inversion", "step_size": 0.1, "steps": "abc"}))
     (tmp / "tuned_attack.yaml").write_text(yaml.safe_dump({"objective": "attack", "step_size": 0.1, "steps": 5}))
     (tmp / "text.beton").write_text("not a beton")
