@@ -54,8 +54,25 @@ def plain_epochs(path: Path, seconds: float, attack: AttackSpec | None) -> tuple
     return seen_all / timed, epochs
 
 
+def _cpu_seconds() -> dict[tuple[int, str], float]:
+    """CPU seconds (user + system) so far of every process on this machine, by (pid, short name)."""
+    import psutil
+
+    seconds = {}
+    for proc in psutil.process_iter(["pid", "name", "cmdline", "cpu_times"]):
+        times, cmd = proc.info["cpu_times"], proc.info["cmdline"] or [proc.info["name"] or "?"]
+        if times is None:
+            continue
+        name = next((part for part in cmd if part.startswith("ray::")), None) or Path(cmd[0]).name
+        if name.startswith("python") and len(cmd) > 1:
+            name = Path(cmd[1] if not cmd[1].startswith("-") else cmd[-1]).name
+        seconds[proc.info["pid"], name[:40]] = times.user + times.system
+    return seconds
+
+
 def ray_epochs(path: Path, test: Path, epochs: int, tmp: Path) -> float:
-    """images/s reported by one Ray Train worker running cluster/train.py's loop (epochs after the first)."""
+    """images/s reported by one Ray Train worker running cluster/train.py's loop (epochs after the first). Prints
+    where the machine's CPU went meanwhile, by process."""
     import ray
 
     from cluster.connect import connect
@@ -64,12 +81,20 @@ def ray_epochs(path: Path, test: Path, epochs: int, tmp: Path) -> float:
 
     info = read_info(path)
     connect(None, num_cpus=2)
+    before, start = _cpu_seconds(), time.perf_counter()
     spec = TrainSpec(model_id="bench", arch="small_cnn", epochs=epochs, batch_size=64, lr=0.05, weight_decay=0.0,
                      lr_milestones=(1000,), augment="none", padding=0, eval_every=1000, eval_max_images=1,
                      num_workers=1, cpus_per_worker=2)
     run = TrainRun(spec, info["num_classes"], tuple(info["mean"]), tuple(info["std"]), str(path), str(test),
                    str(tmp / "store"))
     fit(run, storage_path=str(tmp / "ray_train"))
+    after, wall = _cpu_seconds(), time.perf_counter() - start
+    used: dict[str, float] = {}
+    for key, seconds in after.items():
+        used[key[1]] = used.get(key[1], 0.0) + seconds - before.get(key, 0.0)
+    print(f"CPU during the Ray Train run ({wall:.0f} s wall, start-up included), by process alive at its end:")
+    for name, seconds in sorted(used.items(), key=lambda kv: -kv[1])[:8]:
+        print(f"  {seconds:7.1f} s  {seconds / wall:5.1%} of a core  {name}")
     ray.shutdown()
     rates = read_table(tmp / "store", "train_metrics").sort_values("epoch")["images_per_s"].iloc[1:]
     return float(len(rates) / (1 / rates).sum())  # every epoch has the same images: total images / total seconds
