@@ -152,11 +152,11 @@ def train_loop_per_worker(run: TrainRun) -> None:
     model = create_model(spec.arch, run.num_classes, run.mean, run.std, **spec.arch_kwargs)
     model = model.to(memory_format=torch.channels_last)
     ddp_model = prepare_model(model)  # moves to `device`; DDP over gloo (CPU) or NCCL (GPU)
-    # compile: one graph for the DDP training step and one for the attack (the unwrapped module, eval mode, frozen)
     # compiled artifacts are shared through the store with every other worker and node (robrep/compile_cache.py)
     compile_cache = shared(run.store, device, spec.compile)
     if compile_cache is not None:
         compile_cache.load()
+    # compile: one graph for the DDP training step and one for the attack (the unwrapped module, eval mode, frozen)
     step_model = torch.compile(ddp_model) if spec.compile else ddp_model
     attack_model = torch.compile(model) if spec.compile else model
     train_path, test_path = stage(run.train_path, run.train_source), stage(run.test_path, run.test_source)

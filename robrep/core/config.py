@@ -133,15 +133,13 @@ class _StrictLoader(yaml.SafeLoader):
                 continue
             key = self.construct_object(key_node, deep=True)
             try:
-                hashable = hash(key) is not None
-            except TypeError:
-                hashable = False
-            if hashable and key in seen:
+                first = seen.setdefault(key, key_node.start_mark)
+            except TypeError:  # an unhashable key: SafeLoader's own error for it follows
+                continue
+            if first is not key_node.start_mark:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} is given twice in one mapping (first at line {seen[key] + 1})",
+                    None, None, f"the key {key!r} is given twice in one mapping (first at line {first.line + 1})",
                     key_node.start_mark)
-            if hashable:
-                seen[key] = key_node.start_mark.line
         return super().construct_mapping(node, deep)
 
 
