@@ -12,15 +12,26 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
 
 from cluster.specs import FanoutRunSpec, TrainSpec
-from robrep.core.config import from_dict, load_yaml
+from robrep.core.config import (
+    Bounds,
+    Count,
+    NonNegative,
+    NonNegativeFloat,
+    Positive,
+    Seed,
+    distinct,
+    from_dict,
+    load_yaml,
+)
 from robrep.core.errors import ConfigError, StorageError
 from robrep.core.location import check, is_uri, join, parent, read_bytes, redact
 from robrep.core.names import check_name
+from robrep.fanout.job import MAX_STEPS
 from robrep.fanout.registry import KINDS
 from robrep.fanout.selection import IndexSpec
 from robrep.train import AttackSpec
@@ -31,7 +42,7 @@ MAX_IMAGES = 100_000_000
 @dataclass(frozen=True)
 class RaySpec:
     address: str | None = None  # None: start a local Ray on loopback; "auto" or "ray://host:10001": join one
-    num_cpus: int | None = None  # local Ray only; None = all cores
+    num_cpus: Count | None = None  # local Ray only; None = all cores
     verbose: bool = False  # Ray's own messages (per-report lines, worker logs) on the console (--verbose)
 
 
@@ -49,19 +60,15 @@ class DataSpec:
     """
 
     source: Literal["digits", "synthetic", "files"] = "digits"
-    resolution: int = 16  # pixels per side (digits, synthetic)
-    test_fraction: float = 0.2  # digits
-    rng_seed: int = 0  # the train/test split (digits), the images (synthetic)
-    num_classes: int = 10  # synthetic
-    per_class: int = 20  # synthetic, per split
+    resolution: Annotated[int, Bounds(8, 512)] = 16  # pixels per side (digits, synthetic)
+    test_fraction: Annotated[float, Bounds(0, 1, low_open=True, high_open=True)] = 0.2  # digits
+    rng_seed: Seed = 0  # the train/test split (digits), the images (synthetic)
+    num_classes: Annotated[int, Bounds(2, 10_000)] = 10  # synthetic
+    per_class: Count = 20  # synthetic, per split
     dir: str = "runs/digits/data"  # holds train.beton, test.beton and their sidecars; local or NFS
     stage_from: str | None = None  # a path or URI every node copies the betons from into its own `dir`
 
     def validate(self) -> None:
-        if not 8 <= self.resolution <= 512:
-            raise ConfigError(f"data.resolution={self.resolution} must be within [8, 512]")
-        if not 0 < self.test_fraction < 1:
-            raise ConfigError(f"data.test_fraction={self.test_fraction} must be within (0, 1)")
         if is_uri(self.dir):
             raise ConfigError(f"data.dir={redact(self.dir)!r}: FFCV reads local or NFS files; give a path, and put "
                               "the URI in data.stage_from to copy the betons from there to each node")
@@ -86,8 +93,8 @@ class DataSpec:
 
 @dataclass(frozen=True)
 class RangeSpec:
-    low: float
-    high: float
+    low: Positive
+    high: Positive
 
 
 @dataclass(frozen=True)
@@ -101,20 +108,20 @@ class TuneSpec:
     model: str  # a model_id in the store
     objective: Literal["inversion", "attack"] = "inversion"
     step_size: RangeSpec = RangeSpec(0.01, 1.0)
-    steps: tuple[int, ...] = (50, 100, 200)  # the budgets to choose from
-    report_every: int = 25  # steps between reports, the unit ASHA compares trials in
-    num_samples: int = 8
-    max_concurrent: int = 2
+    steps: tuple[Annotated[int, Bounds(1, MAX_STEPS)], ...] = (50, 100, 200)  # the budgets to choose from
+    report_every: Count = 25  # steps between reports, the unit ASHA compares trials in
+    num_samples: Count = 8
+    max_concurrent: Count = 2
     constraint: Literal["l2", "linf", "unconstrained"] = "l2"
-    eps: float = 1000.0  # inversion: the paper's 1000; attack: the radius to attack at
-    default_step_size: float = 0.1  # the baseline (also tried as one of the trials)
-    default_steps: int = 200
+    eps: Positive = 1000.0  # inversion: the paper's 1000; attack: the radius to attack at
+    default_step_size: Positive = 0.1  # the baseline (also tried as one of the trials)
+    default_steps: Annotated[int, Bounds(1, MAX_STEPS)] = 200
     tune_indices: IndexSpec = IndexSpec(mode="first", n=32)  # test images the trials run on
     holdout_indices: IndexSpec = IndexSpec(mode="list", values=tuple(range(100, 132)))  # for the final comparison
     output: str = "runs/tune/best.yaml"  # the best config (a path or URI), for `jobs.fanout --from-tune`
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0  # > 0: each trial (and the held-out comparison) runs on a GPU
-    max_failures: int = 0  # retries of a trial whose worker dies; a trial that still fails is left out
+    cpus_per_trial: Positive = 1.0
+    gpus_per_trial: NonNegativeFloat = 0.0  # > 0: each trial (and the held-out comparison) runs on a GPU
+    max_failures: NonNegative = 0  # retries of a trial whose worker dies; a trial that still fails is left out
     precision: Literal["fp32", "bf16"] = "fp32"  # of the trials' PGD (robrep/fast.py); the metric is measured in fp32
     compile: bool = False  # torch.compile each trial's model (pays off for long trials on a GPU)
 
@@ -124,11 +131,8 @@ class TuneSpec:
             raise ConfigError("tune.step_size needs 0 < low < high")
         if not self.steps or min(self.steps) < self.report_every or self.report_every < 1:
             raise ConfigError("tune.steps must be budgets >= tune.report_every >= 1")
-        if self.num_samples < 1 or self.eps <= 0:
-            raise ConfigError("tune.num_samples must be >= 1 and tune.eps > 0")
+        distinct(self.steps, "tune.steps", "budget")
         check(self.output, "tune.output")
-        if self.cpus_per_trial <= 0 or self.gpus_per_trial < 0 or self.max_failures < 0:
-            raise ConfigError("tune.cpus_per_trial must be > 0, tune.gpus_per_trial >= 0, tune.max_failures >= 0")
 
 
 # Paper A.4: PGD-20, step 0.375, eps 3.0 (ImageNet scale), no random start.
@@ -151,25 +155,24 @@ class EvaluateSpec:
     threat_model: str = "Linf"  # RobustBench's leaderboard: Linf, L2 or corruptions
     robustbench_dir: str = "models"  # RobustBench's model_dir (a folder or a URI)
     arch: str | None = None  # of an imported checkpoint, e.g. cifar_resnet50, torchvision.densenet161, timm.resnet50
-    mean: tuple[float, ...] | None = None  # a state dict's normalisation (the files hold none)
-    std: tuple[float, ...] | None = None
+    mean: tuple[Annotated[float, Bounds(0, 1)], ...] | None = None  # a state dict's normalisation (none in the files)
+    std: tuple[Positive, ...] | None = None
     model_id: str | None = None  # its name in the store (default: the checkpoint's)
     data: str | None = None  # the test .beton (default: <data.dir>/test.beton)
     attack: AttackSpec = PAPER_EVAL_ATTACK
-    max_images: int | None = None  # the first n test images (None: all)
-    batch_size: int = 100
-    shards: int = 2  # Ray tasks the test set is split over
-    gpus_per_shard: float = 0.0
-    cpus_per_shard: float = 1.0
+    max_images: Annotated[int, Bounds(1, MAX_IMAGES)] | None = None  # the first n test images (None: all)
+    batch_size: Annotated[int, Bounds(1, 65_536)] = 100
+    shards: Annotated[int, Bounds(1, 10_000)] = 2  # Ray tasks the test set is split over
+    gpus_per_shard: NonNegativeFloat = 0.0
+    cpus_per_shard: Positive = 1.0
     precision: Literal["fp32", "bf16"] = "fp32"  # of the attack (robrep/fast.py); predictions are in fp32
     compile: bool = False  # torch.compile the attacked model
-    apgd_steps: int = 100  # AutoAttack's APGD-CE and -DLR (torchattacks) cross-check our PGD; 0: not run
+    # AutoAttack's APGD-CE and -DLR (torchattacks) cross-check our PGD; 0: not run
+    apgd_steps: Annotated[int, Bounds(0, 100_000, note="0: no APGD")] = 100
 
     def validate(self) -> None:
         if self.model_id is not None:
             check_name(self.model_id, "evaluate.model_id")
-        if not 0 <= self.apgd_steps <= 100_000:
-            raise ConfigError(f"evaluate.apgd_steps={self.apgd_steps} must be within [0, 100000] (0: no APGD)")
         given = [k for k in ("model", "checkpoint", "robustness_checkpoint", "state_dict", "robustbench")
                  if getattr(self, k)]
         if len(given) != 1:
@@ -190,10 +193,6 @@ class EvaluateSpec:
         if self.state_dict and not (self.mean and self.std and len(self.mean) == len(self.std)):
             raise ConfigError("evaluate.state_dict needs the normalisation it was trained with, one value per "
                               "channel: --set evaluate.mean=[0.485,0.456,0.406] --set evaluate.std=[0.229,0.224,0.225]")
-        if not 1 <= self.batch_size <= 65_536 or not 1 <= self.shards <= 10_000:
-            raise ConfigError("evaluate.batch_size must be within [1, 65536] and evaluate.shards within [1, 10000]")
-        if self.max_images is not None and not 1 <= self.max_images <= MAX_IMAGES:
-            raise ConfigError(f"evaluate.max_images={self.max_images} must be within [1, {MAX_IMAGES}]")
         for key in ("checkpoint", "robustness_checkpoint", "state_dict"):
             if getattr(self, key):
                 check(getattr(self, key), f"evaluate.{key}")
@@ -209,25 +208,21 @@ class BuildSpec:
     out: str  # the .beton to write; its sidecar goes beside it
     root: str | None = None  # the source folder (imagefolder, restricted_imagenet, cifar10)
     split: Literal["train", "test"] = "train"
-    max_resolution: int | None = None  # resize so the longer side <= this
+    max_resolution: Annotated[int, Bounds(8, 16_384)] | None = None  # resize so the longer side <= this
     write_mode: Literal["raw", "jpg", "proportion", "smart"] = "raw"
-    jpeg_quality: int = 90
-    compress_probability: float = 0.5  # for write_mode proportion
-    num_workers: int = 2
+    jpeg_quality: Annotated[int, Bounds(1, 100)] = 90
+    compress_probability: Annotated[float, Bounds(0, 1)] = 0.5  # for write_mode proportion
+    num_workers: Count = 2
     augment: Literal["rrc_flip", "crop_flip", "translate", "none"] | None = None  # loaders' default (by source)
     strict: bool = False  # a corrupt or unreadable file is an error
-    resolution: int = 32  # digits and synthetic only
-    num_classes: int = 10  # synthetic only
-    per_class: int = 20  # synthetic only
-    rng_seed: int = 0  # digits: the train/test split; synthetic: the images
+    resolution: Annotated[int, Bounds(8, 512)] = 32  # digits and synthetic only
+    num_classes: Annotated[int, Bounds(2, 10_000)] = 10  # synthetic only
+    per_class: Count = 20  # synthetic only
+    rng_seed: Seed = 0  # digits: the train/test split; synthetic: the images
 
     def validate(self) -> None:
         if self.source in ("cifar10", "imagefolder", "restricted_imagenet") and not self.root:
             raise ConfigError(f"build.source {self.source} needs build.root (--root): the folder to read")
-        if not 8 <= self.resolution <= 512:
-            raise ConfigError(f"build.resolution={self.resolution} must be within [8, 512]")
-        if not 1 <= self.jpeg_quality <= 100 or not 0 <= self.compress_probability <= 1:
-            raise ConfigError("build.jpeg_quality must be within [1, 100] and compress_probability within [0, 1]")
         if is_uri(self.out):
             raise ConfigError(f"build.out={self.out!r}: FFCV writes local or NFS files; give a path, not a URI")
         if Path(self.out).is_dir() or not self.out.endswith(".beton"):

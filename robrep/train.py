@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from robrep.core.config import Bounds, Count, NonNegative, NonNegativeFloat, Positive, Seed
 from robrep.core.errors import ConfigError
 from robrep.core.names import check_name
 from robrep.fast import autocast, eval_mode, frozen
@@ -26,29 +26,21 @@ MAX_ATTACK_STEPS = 100_000  # paper: 7 (training), 20 to 100 (evaluation)
 class AttackSpec:
     """An L2 PGD adversary. eps and step_size in [0,1]-pixel units (paper A.3: eps=3.0, 7 steps, step 0.5)."""
 
-    eps: float
-    steps: int
-    step_size: float
+    eps: NonNegativeFloat
+    steps: Annotated[int, Bounds(1, MAX_ATTACK_STEPS)]
+    step_size: Positive
     constraint: str = "l2"
     random_start: bool = True
-    restarts: int = 1  # > 1 keeps, per example, the strongest of several random starts
+    restarts: Count = 1  # > 1 keeps, per example, the strongest of several random starts
     # eps and step_size are given for images of this many pixels a side; a dataset of another data.resolution
     # scales both by resolution / at_resolution (an L2 norm grows with the square root of the pixel count).
-    at_resolution: int | None = None
+    at_resolution: Annotated[int, Bounds(1, 4096, note="pixels a side")] | None = None
 
     def validate(self) -> None:
-        if not math.isfinite(self.eps) or self.eps < 0:
-            raise ConfigError(f"attack eps={self.eps} must be a finite number >= 0 (an L2 radius in [0,1] pixel units)")
-        if not 1 <= self.steps <= MAX_ATTACK_STEPS:
-            raise ConfigError(f"attack steps={self.steps} must be within [1, {MAX_ATTACK_STEPS}]")
-        if not math.isfinite(self.step_size) or self.step_size <= 0:
-            raise ConfigError(f"attack step_size={self.step_size} must be a finite number > 0")
         if self.constraint not in ("l2", "linf"):
             raise ConfigError(f"attack constraint={self.constraint!r}: use 'l2' or 'linf'")
-        if self.restarts < 1 or (self.restarts > 1 and not self.random_start):
-            raise ConfigError(f"attack restarts={self.restarts}: must be >= 1, and > 1 needs random_start: true")
-        if self.at_resolution is not None and not 1 <= self.at_resolution <= 4096:
-            raise ConfigError(f"attack at_resolution={self.at_resolution} must be within [1, 4096] (pixels a side)")
+        if self.restarts > 1 and not self.random_start:
+            raise ConfigError(f"attack restarts={self.restarts}: more than one start needs random_start: true")
 
     def at(self, resolution: int) -> AttackSpec:
         """This attack for images of `resolution` px a side: eps and step_size scaled where at_resolution is set."""
@@ -73,35 +65,35 @@ class ModelSpec:
 
     model_id: str
     arch: str = "small_cnn"
-    width: int = 32  # small_cnn only: channels of its first stage (doubled at each of the first two downsamplings)
+    width: Count = 32  # small_cnn only: channels of its first stage (doubled at each of the first two downsamplings)
     # small_cnn only: conv-BN-ReLU stages (strides 1, 2, 2, ...). 0: as many as halve the image down to `pool` pixels
     # a side (16 px, pool 2: 4 stages; 24 px: 5), set from data.resolution when the config is read.
-    depth: int = 3
-    pool: int = 1  # small_cnn only: R(x) is the last stage average-pooled to a pool x pool grid (1: global)
-    epochs: int = 15
-    batch_size: int = 64  # global, split across workers
+    depth: Annotated[int, Bounds(0, 64, note="0: as many stages as halve the image down to pool pixels a side")] = 3
+    pool: Count = 1  # small_cnn only: R(x) is the last stage average-pooled to a pool x pool grid (1: global)
+    epochs: Count = 15
+    batch_size: Count = 64  # global, split across workers
     optimizer: Literal["sgd", "adam", "adamw"] = "sgd"  # paper A.3: SGD with momentum
-    lr: float = 0.1  # sgd: the lr; onecycle: the peak lr
-    momentum: float = 0.9  # sgd only
-    weight_decay: float = 5e-4  # sgd and adam: L2 added to the gradient; adamw: decoupled
+    lr: Positive = 0.1  # sgd: the lr; onecycle: the peak lr
+    momentum: Annotated[float, Bounds(0, 1, high_open=True)] = 0.9  # sgd only
+    weight_decay: NonNegativeFloat = 5e-4  # sgd and adam: L2 added to the gradient; adamw: decoupled
     schedule: Literal["step", "onecycle", "cosine"] = "step"  # step: per epoch (milestones); the others per batch
-    lr_milestones: tuple[int, ...] = (10,)  # step: epochs at which lr is multiplied by lr_gamma (paper: 30, 60)
-    lr_gamma: float = 0.1
-    warmup_epochs: int = 0  # step and cosine: linear warmup from lr/10 (onecycle warms up by itself)
+    lr_milestones: tuple[Count, ...] = (10,)  # step: epochs at which lr is multiplied by lr_gamma (paper: 30, 60)
+    lr_gamma: Positive = 0.1
+    warmup_epochs: NonNegative = 0  # step and cosine: linear warmup from lr/10 (onecycle warms up by itself)
     # Adversarial training: eps and step size ramp up linearly from 0 over this fraction of the training steps
     # (0: the full attack from the first step, as the paper).
-    attack_warmup: float = 0.0
-    label_smoothing: float = 0.0
+    attack_warmup: Annotated[float, Bounds(0, 1, high_open=True, note="a fraction of training")] = 0.0
+    label_smoothing: Annotated[float, Bounds(0, 1, high_open=True)] = 0.0
     augment: Literal["rrc_flip", "crop_flip", "translate", "none"] | None = None  # None: the dataset's default
-    padding: int = 4  # pixels, for crop_flip and translate
-    rng_seed: int = 0  # initial weights and the shuffle of each epoch
+    padding: Annotated[int, Bounds(0, 512)] = 4  # pixels, for crop_flip and translate
+    rng_seed: Seed = 0  # initial weights and the shuffle of each epoch
     attack: AttackSpec | None = None
     eval_attack: AttackSpec | None = None  # PGD for adversarial test accuracy; None = no adversarial eval
-    eval_every: int = 1  # epochs between evaluations during training (the last epoch is always evaluated)
+    eval_every: Count = 1  # epochs between evaluations during training (the last epoch is always evaluated)
     # epochs between checkpoints (the last epoch always has one): a resumed or restarted run replays the epochs after
     # the last checkpoint, the same way (seeded), so > 1 trades replayed work for less time saving small models
-    checkpoint_every: int = 1
-    eval_max_images: int | None = None  # evaluate during training on the first n test images (None: all)
+    checkpoint_every: Count = 1
+    eval_max_images: Count | None = None  # evaluate during training on the first n test images (None: all)
     precision: Literal["fp32", "bf16"] = "fp32"  # of the attack and the forward pass (bf16 autocast); GPU presets: bf16
     compile: bool = False  # torch.compile the model for the training step and the attack (`compile: on`)
     audit: bool = False  # each rank records its labels, pid and weight hash per epoch under <storage>/audit
@@ -110,22 +102,17 @@ class ModelSpec:
         check_name(self.model_id, "train.model_id")
         if self.arch not in list_models():
             raise ConfigError(f"train.model_id={self.model_id}: unknown arch {self.arch!r}; known: {list_models()}")
-        if self.depth < 0:
-            raise ConfigError(f"train {self.model_id}: depth={self.depth} must be >= 1 (stages), or 0 (as many as "
-                              "halve the image down to pool pixels a side)")
-        for key in ("epochs", "batch_size", "width", "pool", "eval_every", "checkpoint_every"):
-            if getattr(self, key) < 1:
-                raise ConfigError(f"train {self.model_id}: {key}={getattr(self, key)} must be >= 1")
         if self.arch != "small_cnn" and (self.width, self.depth, self.pool) != (32, 3, 1):
             raise ConfigError(f"train {self.model_id}: width, depth and pool are small_cnn settings; arch "
                               f"{self.arch} has its own")
-        if not 0 <= self.attack_warmup < 1 or (self.attack_warmup and self.attack is None):
-            raise ConfigError(f"train {self.model_id}: attack_warmup={self.attack_warmup} must be within [0, 1) (a "
-                              "fraction of training), and needs an attack")
-        if not (math.isfinite(self.weight_decay) and self.weight_decay >= 0) or not 0 <= self.momentum < 1:
-            raise ConfigError(f"train {self.model_id}: need weight_decay >= 0 and 0 <= momentum < 1")
-        if not (math.isfinite(self.lr) and self.lr > 0) or not 0 <= self.label_smoothing < 1 or self.warmup_epochs < 0:
-            raise ConfigError(f"train {self.model_id}: need lr > 0, 0 <= label_smoothing < 1 and warmup_epochs >= 0")
+        if self.attack_warmup and self.attack is None:
+            raise ConfigError(f"train {self.model_id}: attack_warmup={self.attack_warmup} needs an attack")
+        if list(self.lr_milestones) != sorted(set(self.lr_milestones)):
+            raise ConfigError(f"train {self.model_id}: lr_milestones={list(self.lr_milestones)} must be increasing "
+                              "epochs, each once")
+        if self.warmup_epochs >= self.epochs:
+            raise ConfigError(f"train {self.model_id}: warmup_epochs={self.warmup_epochs} must be fewer than "
+                              f"epochs={self.epochs}")
 
     @property
     def arch_kwargs(self) -> dict:

@@ -1,13 +1,21 @@
-"""Strict config loading: frozen dataclasses built from dicts, unknown keys and wrong types are errors."""
+"""Strict config loading: frozen dataclasses built from dicts; unknown keys, wrong types and numbers out of their
+declared range are errors.
+
+A number's range lives on its field, where the value is declared: `batch_size: Annotated[int, Bounds(1, 65_536)]`
+(or an alias: Count, NonNegative, Positive, Seed). from_dict checks it where the value is read, before any
+`validate` (which keeps the checks across fields), and tests read the same declarations to try values outside them.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args, get_origin
+from typing import Annotated, Any, Literal, TypeVar, get_args, get_origin
 
 import yaml
 
@@ -17,11 +25,77 @@ T = TypeVar("T")
 MAX_SEED = 2**32  # every rng_seed; derived seeds (one per image slot) must still fit int64
 
 
+@dataclass(frozen=True)
+class Bounds:
+    """The range a config number must lie in: low <= value <= high, either end excluded where it says open (None:
+    no limit that side). `note` says what an edge value means, for the error line (e.g. "0: no APGD")."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    note: str = ""
+
+    def admits(self, value: float) -> bool:
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return self.high is None or (value < self.high if self.high_open else value <= self.high)
+
+    def text(self) -> str:
+        """'>= 1', '> 0', 'within [1, 65536]', 'within (0, 1)'."""
+        low, high = _number(self.low), _number(self.high)
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {low}"
+        if self.low is None:
+            return f"{'<' if self.high_open else '<='} {high}"
+        return f"within {'(' if self.low_open else '['}{low}, {high}{')' if self.high_open else ']'}"
+
+    def check(self, value: float, key: str) -> None:
+        if not self.admits(value):
+            note = f" ({self.note})" if self.note else ""
+            raise ConfigError(f"{key}={value!r} must be {self.text()}{note}")
+
+
+def _number(value: float | None) -> str:
+    if value is None:
+        return ""
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+Count = Annotated[int, Bounds(1)]  # how many of something, where none makes no sense
+NonNegative = Annotated[int, Bounds(0)]  # retries, failures, epochs of warm-up: 0 means none
+Positive = Annotated[float, Bounds(0, low_open=True)]  # radii, step sizes, learning rates, CPUs
+NonNegativeFloat = Annotated[float, Bounds(0)]  # GPUs (0: none), weight decay
+Seed = Annotated[int, Bounds(0, MAX_SEED, high_open=True, note="2**32")]
+
+
+def distinct(values, key: str, what: str = "value") -> None:
+    """A list that names the same thing twice (an image, a radius, a model) would run the same jobs twice: an error."""
+    seen: set = set()
+    twice = [v for v in values if v in seen or seen.add(v)]
+    if twice:
+        raise ConfigError(f"{key} lists {twice[0]!r} twice; give each {what} once")
+
+
+def bounds_of(tp: Any) -> Bounds | None:
+    """The Bounds declared on a field's type (looking inside `X | None`), or None."""
+    if get_origin(tp) is Annotated:
+        return next((m for m in tp.__metadata__ if isinstance(m, Bounds)), None)
+    if get_origin(tp) in (typing.Union, types.UnionType):
+        return next((b for b in map(bounds_of, get_args(tp)) if b is not None), None)
+    return None
+
+
+@functools.cache
+def _hints(cls: type) -> dict:
+    return typing.get_type_hints(cls, include_extras=True)
+
+
 def from_dict(cls: type[T], data: Any, where: str = "") -> T:
     """Build dataclass `cls` from `data`, raising ConfigError that names the offending key."""
     if not isinstance(data, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
+    hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     odd = [k for k in data if not isinstance(k, str)]
     if odd:
@@ -41,8 +115,6 @@ def from_dict(cls: type[T], data: Any, where: str = "") -> T:
             if dataclasses.is_dataclass(default) and isinstance(value, dict):
                 value = {**shallow_dict(default), **value}  # a partial section keeps the other defaults
             kwargs[name] = _convert(hints[name], value, key, field.metadata.get("factory"))
-            if name == "rng_seed" and not 0 <= kwargs[name] < MAX_SEED:
-                raise ConfigError(f"{key}={kwargs[name]} must be within [0, {MAX_SEED}) (2**32)")
         elif field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING:
             raise ConfigError(f"missing required config key {key!r}")
     obj = cls(**kwargs)
@@ -56,6 +128,12 @@ def _convert(tp: Any, value: Any, key: str, factory=None) -> Any:
     """`value` as type `tp`. factory(value, where): builds each dataclass value instead (a field's metadata
     "factory": a base class whose subclass the value picks, e.g. a fan-out job block by its kind)."""
     origin, args = get_origin(tp), get_args(tp)
+    if origin is Annotated:
+        converted = _convert(args[0], value, key, factory)
+        bounds = bounds_of(tp)
+        if bounds is not None:
+            bounds.check(converted, key)
+        return converted
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None

@@ -9,14 +9,14 @@ import json
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 import pyarrow as pa
 import torch
 from torch import nn
 
-from robrep.core.errors import ConfigError
+from robrep.core.config import Bounds, Positive, distinct
 from robrep.experiments import GetImages, split_representations
 from robrep.fanout.selection import IndexSpec
 
@@ -41,17 +41,12 @@ class PGDBlockSpec(BlockSpec):
     """A block whose jobs run one batched PGD loop (defaults: paper A.6)."""
 
     constraint: Literal["l2", "linf", "unconstrained"] = "l2"
-    eps: float = 1000.0  # [0,1]-pixel units; paper A.6: 1000, i.e. unconstrained
-    step_size: float = 1.0  # paper A.6: 1
-    steps: int = 200  # paper: 10,000 for inversion, 200 for visualization
+    eps: Positive = 1000.0  # [0,1]-pixel units; paper A.6: 1000, i.e. unconstrained
+    step_size: Positive = 1.0  # paper A.6: 1
+    steps: Annotated[int, Bounds(1, MAX_STEPS)] = 200  # paper: 10,000 for inversion, 200 for visualization
 
     def validate(self) -> None:
-        if not 1 <= self.steps <= MAX_STEPS:
-            raise ConfigError(f"fanout.jobs {self.kind}: steps={self.steps} must be within [1, {MAX_STEPS}]")
-        for key in ("step_size", "eps"):
-            value = getattr(self, key)
-            if not math.isfinite(value) or value <= 0:
-                raise ConfigError(f"fanout.jobs {self.kind}: {key}={value} must be a finite number > 0")
+        distinct(getattr(self, "inits", ()), f"fanout.jobs {self.kind}: inits", "start")
 
 
 @dataclass(frozen=True)

@@ -4,12 +4,13 @@ the models it names, and every job of every block with a deterministic job_id, p
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
 
 from robrep.checkpoint import model_digest, model_from_meta, read_meta
+from robrep.core.config import Bounds, NonNegative, Seed, distinct
 from robrep.core.errors import ConfigError
 from robrep.core.location import absolute, exists, join, redact
 from robrep.core.names import check_name
@@ -32,10 +33,10 @@ class FanoutSpec:
     split: Literal["test", "train"] = "test"
     indices: IndexSpec = field(default_factory=IndexSpec)
     jobs: tuple[BlockSpec, ...] = field(default=(InvertSpec(),), metadata={"factory": block_from_config})
-    rng_seed: int = 0  # seeds the noise starts and the choice of other-class sources
-    batch_size: int = 64  # jobs per batched PGD loop
+    rng_seed: Seed = 0  # seeds the noise starts and the choice of other-class sources
+    batch_size: Annotated[int, Bounds(1, MAX_BATCH)] = 64  # jobs per batched PGD loop
     wait_for_lease: bool = False  # another driver holds the store's writer lease: queue behind it, not fail
-    compact_parts: int = 256  # a partition folder with this many small parts is compacted by the run (0: never)
+    compact_parts: NonNegative = 256  # a partition folder with this many small parts is compacted by the run (0: never)
     precision: Literal["fp32", "bf16"] = "fp32"  # of the PGD loops (robrep/fast.py); rows are measured in fp32
     compile: bool = False  # torch.compile the model of the PGD loops (`compile: on`)
     # A classifier that did not produce the images labels every result image (judge_pred): a model_id or checkpoint
@@ -45,14 +46,14 @@ class FanoutSpec:
     def validate(self) -> None:
         if not self.models:
             raise ConfigError("fanout.models is empty; name at least one model_id")
-        if not 1 <= self.batch_size <= MAX_BATCH:
-            raise ConfigError(f"fanout.batch_size={self.batch_size} must be within [1, {MAX_BATCH}]")
-        if self.compact_parts < 0 or self.compact_parts == 1:
+        distinct(self.models, "fanout.models", "model")
+        if self.compact_parts == 1:
             raise ConfigError(f"fanout.compact_parts={self.compact_parts} must be 0 (never compact) or >= 2 (the "
                               "parts a partition folder holds before the fan-out compacts it)")
         if not self.jobs:
             raise ConfigError("fanout.jobs is empty; add at least one block such as {kind: invert}")
         for block in self.jobs:
+            distinct(block.models, f"fanout.jobs {block.kind}: models", "model")
             unknown = sorted(set(block.models) - set(self.models))
             if unknown:
                 raise ConfigError(f"fanout.jobs {block.kind}: models {unknown} are not in fanout.models")

@@ -51,7 +51,7 @@ def list_kinds() -> list[str]:
 
 
 def get_kind(name: str) -> JobKind:
-    if name not in KINDS:
+    if not isinstance(name, str) or name not in KINDS:
         raise ConfigError(f"unknown job kind {name!r}; known: {list_kinds()}")
     return KINDS[name]
 

@@ -7,6 +7,7 @@ from typing import Literal
 
 import numpy as np
 
+from robrep.core.config import Count, NonNegative, Seed, distinct
 from robrep.core.errors import ConfigError, DataError
 
 
@@ -15,15 +16,14 @@ class IndexSpec:
     """Which images of the split: `first` n, an explicit `list`, n at `random` (seeded), or n `per_class`."""
 
     mode: Literal["first", "list", "random", "per_class"] = "first"
-    n: int = 20
-    values: tuple[int, ...] = ()
-    rng_seed: int = 0  # random, per_class
+    n: Count = 20
+    values: tuple[NonNegative, ...] = ()
+    rng_seed: Seed = 0  # random, per_class
 
     def validate(self) -> None:
         if self.mode == "list" and not self.values:
             raise ConfigError("indices mode list needs values: [i, j, ...]")
-        if self.mode != "list" and self.n < 1:
-            raise ConfigError(f"indices.n={self.n} must be >= 1")
+        distinct(self.values, "indices.values", "image")
 
 
 @dataclass(frozen=True)
@@ -31,15 +31,14 @@ class CoordinateSpec:
     """Which coordinates of R: a `list`, n at `random` (seeded), or the `top` n of each start image."""
 
     mode: Literal["list", "random", "top"] = "random"
-    n: int = 4
-    values: tuple[int, ...] = ()
-    rng_seed: int = 0  # random
+    n: Count = 4
+    values: tuple[NonNegative, ...] = ()
+    rng_seed: Seed = 0  # random
 
     def validate(self) -> None:
         if self.mode == "list" and not self.values:
             raise ConfigError("coordinates mode list needs values: [i, j, ...]")
-        if self.mode != "list" and self.n < 1:
-            raise ConfigError(f"coordinates.n={self.n} must be >= 1")
+        distinct(self.values, "coordinates.values", "coordinate")
 
 
 def select_indices(spec: IndexSpec, labels: np.ndarray) -> list[int]:

@@ -81,12 +81,12 @@ def test_unknown_top_level_key_is_named():
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("train=[{model_id: m, attack: {eps: -1.0, steps: 7, step_size: 0.5}}]", "eps=-1.0 must be a finite number"),
+        ("train=[{model_id: m, attack: {eps: -1.0, steps: 7, step_size: 0.5}}]", "attack.eps=-1.0 must be >= 0"),
         ("train=[{model_id: m, attack: {eps: 1.0, steps: 0, step_size: 0.5}}]", "steps=0 must be within"),
         ("train=[{model_id: m, arch: resnet9000}]", "unknown arch 'resnet9000'"),
         ("fanout.batch_size=ten", "expected an integer"),
         ("fanout.jobs=[{kind: invert, inits: [noise, sketch]}]", "not one of"),
-        ("fanout.jobs=[{kind: invert_sweep, radii: []}]", "radii must be a non-empty list"),
+        ("fanout.jobs=[{kind: invert_sweep, radii: []}]", "radii is empty"),
         ("tune.step_size={low: 1.0, high: 0.1}", "0 < low < high"),
         ("data.resolution=2", "data.resolution=2"),
     ],

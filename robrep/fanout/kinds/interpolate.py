@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 import pyarrow as pa
 import torch
 
-from robrep.core.errors import ConfigError
+from robrep.core.config import Bounds
 from robrep.fanout.job import PGD_PARAMS, BatchContext, ExpandContext, Job, JobKind, Param, PGDBlockSpec
 from robrep.fanout.kinds.common import MAX_ROWS, BatchImages, run_inversion, slot_seed, target_representations
 from robrep.fanout.selection import other_class_source
@@ -20,12 +20,7 @@ from robrep.objectives import interpolation_lams, interpolation_targets
 @dataclass(frozen=True)
 class InterpolateSpec(PGDBlockSpec):
     kind: Literal["interpolate"] = "interpolate"
-    lam_steps: int = 4  # T of Eq. 6: lam takes the T + 1 values 0, 1/T, ..., 1
-
-    def validate(self) -> None:
-        super().validate()
-        if not 1 <= self.lam_steps <= 1000:
-            raise ConfigError(f"fanout.jobs interpolate: lam_steps={self.lam_steps} must be within [1, 1000]")
+    lam_steps: Annotated[int, Bounds(1, 1000)] = 4  # T of Eq. 6: lam takes the T + 1 values 0, 1/T, ..., 1
 
 
 def expand(block: InterpolateSpec, ctx: ExpandContext) -> list[dict]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from robrep.core.config import Positive, distinct
 from robrep.core.errors import ConfigError
 from robrep.fanout.job import PGD_PARAMS, ExpandContext, JobKind, PGDBlockSpec
 from robrep.fanout.kinds.common import run_towards_targets, slot_seed
@@ -15,12 +16,13 @@ from robrep.fanout.selection import other_class_source
 @dataclass(frozen=True)
 class InvertSweepSpec(PGDBlockSpec):
     kind: Literal["invert_sweep"] = "invert_sweep"
-    radii: tuple[float, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # L2 radii around the source, [0,1]-pixel units
+    radii: tuple[Positive, ...] = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0)  # L2 radii around the source, [0,1]-pixel units
 
     def validate(self) -> None:
         super().validate()
-        if not self.radii or not all(0 < r < float("inf") for r in self.radii):
-            raise ConfigError("fanout.jobs invert_sweep: radii must be a non-empty list of finite positive radii")
+        if not self.radii:
+            raise ConfigError("fanout.jobs invert_sweep: radii is empty; give the L2 radii to sweep, e.g. [0.5, 1, 2]")
+        distinct(self.radii, "fanout.jobs invert_sweep: radii", "radius")
 
 
 def expand(block: InvertSweepSpec, ctx: ExpandContext) -> list[dict]:

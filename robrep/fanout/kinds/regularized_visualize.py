@@ -6,12 +6,12 @@ none. Report: Fig. 10, one row per (start, coordinate), the models' direct and r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import pyarrow as pa
 import torch
 
-from robrep.core.errors import ConfigError
+from robrep.core.config import Bounds
 from robrep.fanout.job import COORDINATE, PGD_PARAMS, BatchContext, JobKind, Param, PGDBlockSpec
 from robrep.fanout.kinds.common import MAX_ROWS, expand_coordinates, run_coordinates
 from robrep.fanout.selection import CoordinateSpec
@@ -25,14 +25,9 @@ class RegularizedVisualizeSpec(PGDBlockSpec):
     kind: Literal["regularized_visualize"] = "regularized_visualize"
     inits: tuple[Literal["noise", "gray", "image"], ...] = ("gray",)
     coordinates: CoordinateSpec = field(default_factory=CoordinateSpec)
-    jitter: int = 8  # pixels of random shift per step (the Lucid-style transformations of Fig. 10; 224 px: 8)
-    max_degrees: float = 10.0  # degrees of random rotation per step
-
-    def validate(self) -> None:
-        super().validate()
-        if not 0 <= self.jitter <= 64 or not 0 <= self.max_degrees <= MAX_DEGREES:
-            raise ConfigError(f"fanout.jobs regularized_visualize: jitter={self.jitter} must be within [0, 64] pixels "
-                              f"and max_degrees={self.max_degrees} within [0, {MAX_DEGREES}]")
+    # pixels of random shift per step (the Lucid-style transformations of Fig. 10; 224 px: 8)
+    jitter: Annotated[int, Bounds(0, 64, note="pixels")] = 8
+    max_degrees: Annotated[float, Bounds(0, MAX_DEGREES)] = 10.0  # degrees of random rotation per step
 
 
 def run(ctx: BatchContext, jobs) -> list[dict]:

@@ -5,10 +5,11 @@ Its jobs rely on a `representations` job per model, which stores R(x) of the who
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Annotated, Literal
 
 import pyarrow as pa
 
+from robrep.core.config import Bounds
 from robrep.core.errors import ConfigError
 from robrep.fanout.job import COORDINATE, BatchContext, BlockSpec, ExpandContext, Job, JobKind, Param
 from robrep.fanout.kinds.representations import RepresentationsSpec
@@ -22,15 +23,13 @@ MAX_IMAGES_PER_END = 1000
 class TopActivatingSpec(BlockSpec):
     kind: Literal["top_activating"] = "top_activating"
     coordinates: CoordinateSpec = field(default_factory=CoordinateSpec)  # list or random (ranked over the split)
-    images_per_end: int = 3  # the k most and the k least activating images per coordinate
+    # the k most and the k least activating images per coordinate
+    images_per_end: Annotated[int, Bounds(1, MAX_IMAGES_PER_END)] = 3
 
     def validate(self) -> None:
         if self.coordinates.mode == "top":
             raise ConfigError("fanout.jobs top_activating ranks images for given coordinates: use coordinates mode "
                               "list or random")
-        if not 1 <= self.images_per_end <= MAX_IMAGES_PER_END:
-            raise ConfigError(f"fanout.jobs top_activating: images_per_end={self.images_per_end} must be within "
-                              f"[1, {MAX_IMAGES_PER_END}]")
 
 
 def expand(block: TopActivatingSpec, ctx: ExpandContext) -> list[dict]:
