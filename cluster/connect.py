@@ -8,6 +8,8 @@ import os
 
 import ray
 
+from robrep.core.errors import ConfigError
+
 # A local Ray stays on loopback. 127.0.0.1 as node address is silently replaced by the external one,
 # 127.0.0.2 is left alone; the dashboard listens on 127.0.0.1.
 LOCAL_NODE_IP = "127.0.0.2"
@@ -37,6 +39,29 @@ def use_token_auth() -> None:
         auth.generate_and_save_token()
 
 
+_LOCAL = {"started": False}  # whether this process started its own local Ray (no autoscaler will add a node)
+
+
+def check_fits(request: dict[str, float], key: str, workers: int = 1) -> None:
+    """ConfigError when this Ray cluster can never run `workers` workers of `request` ({"CPU": 1, "GPU": 0.5}, what
+    `key` asks each for) at once: no node offers one worker's share, or all nodes together offer fewer shares than
+    `workers`. Ray would wait for them without end. On a local Ray that is final; on a cluster an autoscaler may
+    still add nodes, so it is one printed line and Ray waits."""
+    need = {k: float(v) for k, v in request.items() if v > 0}
+    nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+    shares = [min((int(node.get(k, 0.0) / v + 1e-9) for k, v in need.items()), default=workers) for node in nodes]
+    if sum(shares) >= workers:
+        return
+    largest = {k: max((node.get(k, 0.0) for node in nodes), default=0.0) for k in need}
+    asked = ", ".join(f"{k} {v:g}" for k, v in need.items())
+    offered = ", ".join(f"{k} {v:g}" for k, v in largest.items())
+    message = (f"{key} asks for {workers} worker(s) of {asked} each at once, but this Ray cluster has room for "
+               f"{sum(shares)} ({len(nodes)} node(s), the largest with {offered})")
+    if _LOCAL["started"]:
+        raise ConfigError(f"{message}; ask for less, or give the local Ray more with --set ray.num_cpus=N")
+    print(f"[cluster] {message}: waiting for the autoscaler to add nodes", flush=True)
+
+
 def connect(address: str | None, num_cpus: int | None = None, *, verbose: bool = False) -> None:
     """Join the cluster at `address` ("auto" under `ray job submit`), or start a local Ray when None.
 
@@ -61,6 +86,7 @@ def connect(address: str | None, num_cpus: int | None = None, *, verbose: bool =
     # the CPU from a training worker and FFCV's threads (bench/train.py: 0.59 of a plain process). Workers at 0 run
     # as a plain process does, level with Ray's services (docs/cluster.md; the cluster configs set the same).
     os.environ.setdefault("RAY_worker_niceness", "0")
+    _LOCAL["started"] = True
     ray.init(
         address="local",  # always a new local Ray; never attach to whatever cluster this machine ran last
         num_cpus=num_cpus,

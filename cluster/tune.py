@@ -20,6 +20,7 @@ from datasets.beton import read_indices
 from datasets.stage import stage
 from robrep.checkpoint import load_checkpoint
 from robrep.compile_cache import shared
+from robrep.core.errors import robrep_cause
 from robrep.core.faults import fault_point
 from robrep.core.location import join
 from robrep.experiments import tuning_problem
@@ -87,7 +88,8 @@ def run_tune(problem: TuneProblem, *, step_size: tuple[float, float], steps: lis
              num_samples: int, max_concurrent: int, storage_path: str, name: str, resources: dict,
              max_failures: int) -> tuple[list[dict], list[str], bool]:
     """Run the search, or restore an interrupted run of the same name and finish it. Returns (one dict per
-    finished trial: step_size, steps, metric (last report), steps_done, seconds; the failed trials' errors;
+    finished trial: step_size, steps, metric (last report), steps_done, seconds; the failed trials' errors (a robrep
+    error a trial raised as itself, not Ray's copy);
     whether the run was restored)."""
     param_space = {"step_size": tune.loguniform(*step_size), "steps": tune.choice(steps)}
     scheduler = ASHAScheduler(time_attr="steps_done", max_t=max(steps), grace_period=problem.report_every,
@@ -113,7 +115,7 @@ def run_tune(problem: TuneProblem, *, step_size: tuple[float, float], steps: lis
     trials, failed = [], []
     for result in results:
         if result.error is not None or "metric" not in (result.metrics or {}):
-            failed.append(" ".join(str(result.error).split())[:300])
+            failed.append(robrep_cause(result.error) or result.error or RuntimeError("it reported no metric"))
             continue
         trials.append({"trial_id": result.metrics.get("trial_id"), "step_size": result.config["step_size"],
                        "steps": result.config["steps"], "metric": result.metrics["metric"],

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from jobs.config import ExperimentConfig, load_config
-from robrep.core.errors import ConfigError, RobrepError
+from robrep.core.errors import ConfigError, one_line, robrep_cause
 
 
 @dataclass(frozen=True)
@@ -73,10 +73,34 @@ def run_entry_point(main: Callable[[ExperimentConfig], None], description: str, 
     try:
         args = parse_args(description, sys.argv[1:] if argv is None else argv, aliases, config_required)
         main(config_from_args(args, aliases))
-    except RobrepError as e:
-        message = " ".join(str(e).split())  # one line, whatever the message holds
-        print(f"error: {type(e).__name__}: {message}", file=sys.stderr, flush=True)
+    except Exception as e:
+        ours = robrep_cause(e)
+        if ours is None:
+            raise
+        message = one_line(str(ours))
+        print(f"error: {type(ours).__name__}: {message}", file=sys.stderr, flush=True)
         sys.exit(2)
+
+
+
+def check_resources(config: ExperimentConfig, *sections: str) -> None:
+    """After connecting: every Ray resource request of these config sections (train, fanout, zoo, tune)
+    can be met by this cluster (cluster.connect.check_fits), all checked before the first of them runs, so a request
+    no node can meet is an error before any model is trained."""
+    from cluster.connect import check_fits
+    from jobs.train import already_trained
+
+    if "train" in sections:
+        for spec in (s for s in config.train if not already_trained(config, s.model_id)):
+            gpus = spec.gpus_per_worker if spec.use_gpu else 0
+            check_fits({"CPU": spec.cpus_per_worker, "GPU": gpus}, f"train {spec.model_id}", spec.num_workers)
+    if "fanout" in sections and config.fanout is not None:
+        fan = config.fanout
+        check_fits({"CPU": fan.cpus_per_worker, "GPU": fan.gpus_per_worker}, "fanout", fan.workers)
+    for spec in config.zoo if "zoo" in sections else ():
+        check_fits({"CPU": spec.cpus_per_shard, "GPU": spec.gpus_per_shard}, "evaluate shards")
+    if "tune" in sections and config.tune is not None:
+        check_fits({"CPU": config.tune.cpus_per_trial, "GPU": config.tune.gpus_per_trial}, "tune trials")
 
 
 def git_sha() -> str:

@@ -29,7 +29,7 @@ from robrep.core.config import (
     load_yaml,
 )
 from robrep.core.errors import ConfigError, StorageError
-from robrep.core.location import check, is_uri, join, parent, read_bytes, redact
+from robrep.core.location import check, check_writable, is_uri, join, parent, read_bytes, redact
 from robrep.core.names import check_name
 from robrep.fanout.job import MAX_STEPS
 from robrep.fanout.registry import KINDS
@@ -259,6 +259,15 @@ class ExperimentConfig:
         for key in ("store", "storage_path", "report_dir"):
             if getattr(self, key) is not None:
                 check(getattr(self, key), key)
+
+    def writable(self, *keys: str) -> None:
+        """StorageError unless each location named (store, storage_path, report_dir: the report's folder) can be
+        written from here: the entry points that write call this first, so a read-only store is one error line
+        before any work, with nothing written."""
+        roots = {"store": lambda: self.store_root, "storage_path": lambda: self.storage_root,
+                 "report_dir": lambda: self.report_root}
+        for key in keys:
+            check_writable(roots[key](), key)
 
     @property
     def store_root(self) -> str:

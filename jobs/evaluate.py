@@ -136,7 +136,9 @@ def import_model(config: ExperimentConfig, spec: EvaluateSpec, num_classes: int,
 
 def resolve_checkpoint(config: ExperimentConfig, spec: EvaluateSpec, num_classes: int, dataset: str,
                        resume: bool = False) -> tuple[str, dict]:
-    from robrep.checkpoint import read_meta
+    """(the checkpoint folder, its meta.json): the weights loaded once here, their digest checked, so that a damaged
+    checkpoint is one error line before Ray starts."""
+    from robrep.checkpoint import load_checkpoint
     from robrep.store import find_model
 
     if spec.robustness_checkpoint or spec.state_dict or spec.robustbench:
@@ -146,8 +148,8 @@ def resolve_checkpoint(config: ExperimentConfig, spec: EvaluateSpec, num_classes
         if row is None:
             raise ConfigError(f"evaluate.model {spec.model!r} is not in the store's models table at "
                               f"{redact(config.store_root)}; give --checkpoint or train it")
-        return str(row["checkpoint"]), read_meta(row["checkpoint"])
-    return absolute(spec.checkpoint), read_meta(spec.checkpoint)
+        return str(row["checkpoint"]), load_checkpoint(row["checkpoint"])[1]
+    return absolute(spec.checkpoint), load_checkpoint(spec.checkpoint)[1]
 
 
 def main(config: ExperimentConfig) -> None:
@@ -161,7 +163,7 @@ def evaluate(config: ExperimentConfig, spec: EvaluateSpec, resume: bool = False)
     """Import the model where the spec names a file or a RobustBench model, evaluate it through Ray, commit its
     `evaluations` row and print Table 4. resume (the zoo of jobs.main): a model already imported from the same
     source is reused and an evaluation already in the store at the same settings is not run again."""
-    from cluster.connect import connect
+    from cluster.connect import check_fits, connect
     from cluster.evaluate import evaluate_checkpoint
     from datasets.beton import read_info
     from robrep.store import read_table
@@ -172,7 +174,7 @@ def evaluate(config: ExperimentConfig, spec: EvaluateSpec, resume: bool = False)
     source = None if spec.data else config.data.stage_source("test")  # shards on other nodes stage it too
     info = read_info(data)
     num_images = min(info["num_images"], spec.max_images or info["num_images"])
-    config.store_root  # noqa: B018 -- a missing store fails before any work
+    config.writable("store", *(["storage_path"] if config.storage_path else []))  # before any work
     checkpoint, meta = resolve_checkpoint(config, spec, info["num_classes"], info["source"], resume)
     if meta["num_classes"] != info["num_classes"]:
         raise ConfigError(f"the model has {meta['num_classes']} classes but {data} has {info['num_classes']}")
@@ -190,6 +192,7 @@ def evaluate(config: ExperimentConfig, spec: EvaluateSpec, resume: bool = False)
             print(f"[evaluate] {model_id}: evaluated already at these settings\n{table_4([row])}", flush=True)
             return row
     connect(config.ray.address, config.ray.num_cpus, verbose=config.ray.verbose)
+    check_fits({"CPU": spec.cpus_per_shard, "GPU": spec.gpus_per_shard}, "evaluate shards")
     start = time.time()
     scores = evaluate_checkpoint(checkpoint, data, source, num_images, attack, shards=spec.shards,
                                  gpus_per_shard=spec.gpus_per_shard, cpus_per_shard=spec.cpus_per_shard,

@@ -15,7 +15,7 @@ import io
 import time
 import uuid
 
-from jobs.common import git_sha, run_entry_point
+from jobs.common import check_resources, git_sha, run_entry_point
 from jobs.config import ExperimentConfig
 from robrep.core.config import to_plain
 from robrep.core.errors import ConfigError, DataError
@@ -198,10 +198,12 @@ def _run(config: ExperimentConfig, jobs: list[Job], run_id: str) -> dict:
 def main(config: ExperimentConfig) -> None:
     from cluster.connect import connect
 
+    config.writable("store")
     jobs = plan(config)  # bad kinds, indices, models and data fail here, before Ray starts
     run_id = uuid.uuid4().hex[:12]
     with StoreLease(config.store_root, run_id, wait=config.fanout.wait_for_lease):  # so does a second driver
         connect(config.ray.address, config.ray.num_cpus, verbose=config.ray.verbose)
+        check_resources(config, "fanout")
         manifest = _run(config, jobs, run_id)
     print(f"[fanout] {manifest['ran']} ran, {manifest['skipped']} skipped, {manifest['failed']} failed in "
           f"{manifest['seconds']:.0f}s; manifest {manifest['run_id']}", flush=True)

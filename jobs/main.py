@@ -14,7 +14,7 @@ import time
 import pandas as pd
 
 from jobs.build_dataset import build
-from jobs.common import run_entry_point
+from jobs.common import check_resources, run_entry_point
 from jobs.config import ExperimentConfig
 from jobs.evaluate import evaluate
 from jobs.fanout import run_fanout
@@ -28,8 +28,10 @@ def main(config: ExperimentConfig) -> None:
     from cluster.connect import connect
 
     start = time.time()
+    config.writable("store", *(["storage_path"] if config.train or config.storage_path else []), "report_dir")
     build(config.data)
     connect(config.ray.address, config.ray.num_cpus, verbose=config.ray.verbose)
+    check_resources(config, "train", "zoo", "fanout")
     train_all(config)
     for spec in config.zoo:  # imported once, evaluated once per setting: a rerun goes straight on
         evaluate(config, spec, resume=True)

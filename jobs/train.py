@@ -16,7 +16,7 @@ import time
 import torch
 
 from cluster.specs import TrainSpec
-from jobs.common import git_sha, run_entry_point
+from jobs.common import check_resources, git_sha, run_entry_point
 from jobs.config import ExperimentConfig
 from robrep.checkpoint import model_digest, read_meta, save_checkpoint
 from robrep.core.errors import CheckpointError, DataError
@@ -156,8 +156,9 @@ def main(config: ExperimentConfig) -> None:
     from datasets.beton import read_info
 
     read_info(config.data.local("train"))  # a missing dataset fails here, before Ray starts
-    config.storage_root  # noqa: B018 -- a missing storage_path fails here too
+    config.writable("store", "storage_path")  # a missing or read-only one fails here too
     connect(config.ray.address, config.ray.num_cpus, verbose=config.ray.verbose)
+    check_resources(config, "train")
     train_all(config)
 
 

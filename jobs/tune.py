@@ -17,11 +17,12 @@ import time
 
 import yaml
 
-from jobs.common import git_sha, run_entry_point
+from jobs.common import check_resources, git_sha, run_entry_point
 from jobs.config import ExperimentConfig
+from robrep.checkpoint import load_checkpoint
 from robrep.core.config import to_plain
-from robrep.core.errors import ConfigError
-from robrep.core.location import check, join, redact, write_bytes
+from robrep.core.errors import ConfigError, RobrepError, one_line
+from robrep.core.location import check, check_writable, join, parent, redact, write_bytes
 from robrep.fanout.selection import select_indices
 from robrep.store import find_model
 from robrep.store.commit import append_rows
@@ -38,11 +39,14 @@ def main(config: ExperimentConfig) -> None:
     spec = config.tune
     if spec is None:
         raise ConfigError("this config has no tune section")
+    config.writable("store", "storage_path")
+    check_writable(parent(spec.output), "tune.output")
     model = find_model(config.store_root, spec.model)
     if model is None:
         raise ConfigError(f"tune.model {spec.model!r} is not in the store's models table at "
                           f"{redact(config.store_root)}; "
                           "train it with python -m jobs.train")
+    load_checkpoint(model["checkpoint"])  # a damaged checkpoint is one error line here, not a failed trial each
     data = str(config.data.local("test"))
     info = read_info(data)
     labels = read_labels(data)
@@ -50,6 +54,7 @@ def main(config: ExperimentConfig) -> None:
     if set(tune_idx) & set(holdout_idx):
         raise ConfigError("tune.tune_indices and tune.holdout_indices overlap: the comparison must be on unseen images")
     connect(config.ray.address, config.ray.num_cpus, verbose=config.ray.verbose)
+    check_resources(config, "tune")
     # The run's name: what it tunes (the section, less where its result goes and how fast it runs; precision only
     # when not fp32, so runs from before precision existed keep their names), on which weights and data.
     section = {k: v for k, v in to_plain(spec).items() if k != "compile" and (k, v) != ("precision", "fp32")}
@@ -70,9 +75,11 @@ def main(config: ExperimentConfig) -> None:
     if restored:
         print(f"[tune] run {run_id} resumed from its experiment folder", flush=True)
     for error in failed:
-        print(f"[tune] a trial failed and is left out: {error}", flush=True)
+        print(f"[tune] a trial failed and is left out: {one_line(str(error))[:300]}", flush=True)
     if not trials:
-        raise RuntimeError(f"every tuning trial of run {run_id} failed; the first: {failed[:1]}")
+        if isinstance(failed[0], RobrepError):
+            raise failed[0]  # the same error line as if it had been raised here
+        raise RuntimeError(f"every tuning trial of run {run_id} failed; the first: {one_line(str(failed[0]))}")
     rows = [{**t, "run_id": run_id, "model_id": spec.model, "objective": spec.objective, "eps": spec.eps,
              "constraint": spec.constraint, "git_sha": git_sha(), "created_at": now_utc()} for t in trials]
     append_rows(config.store_root, "tune_trials", to_table(rows, TUNE_TRIALS_SCHEMA), key=run_id)

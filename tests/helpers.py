@@ -2,6 +2,7 @@
 an entry point as a user does, and configs over the fixtures' data."""
 
 import contextlib
+import hashlib
 import math
 import os
 import signal
@@ -76,6 +77,15 @@ def run_module(module: str, *args: str, timeout: int = 600, env: dict | None = N
 def store_overrides(tmp: Path) -> list[str]:
     """--set arguments that put the store, checkpoints and data of a config under tmp."""
     return ["--set", f"store={tmp}/store", "--set", f"storage_path={tmp}/ckpt", "--set", f"data.dir={tmp}/data"]
+
+
+def tree_digest(*folders: Path) -> str:
+    """One digest of every file's path and bytes under the folders: equal before and after means untouched."""
+    digest = hashlib.sha256()
+    for folder in folders:
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            digest.update(str(path).encode() + path.read_bytes())
+    return digest.hexdigest()
 
 
 def free_port() -> int:

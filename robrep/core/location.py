@@ -86,6 +86,28 @@ def exists(location: str | Path) -> bool:
     return fs.get_file_info(path).type == pafs.FileType.File
 
 
+def check_writable(location: str | Path, key: str) -> str:
+    """StorageError unless this process can create files at a local `location` (the folder, or the nearest folder
+    above it that exists, where it is still to be made): a read-only disk or a folder without write permission is
+    one error line before any work. A probe file is made there and removed. A URI is left to its first write, which
+    robrep's writers turn into the same StorageError."""
+    text = str(location)
+    if is_uri(text):
+        return text
+    folder = Path(text).absolute()
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    probe = folder / f".robrep-probe-{uuid.uuid4().hex}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+    except OSError as e:
+        raise StorageError(f"{key}={text!r} cannot be written: {folder} refused a new file ({e.strerror}); give a "
+                           f"{key} on a disk and in a folder you can write") from e
+    os.close(fd)
+    probe.unlink()
+    return text
+
+
 def read_bytes(location: str | Path) -> bytes:
     """A whole file's bytes; FileNotFoundError when there is none."""
     fs, path = filesystem(location)

@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 import numpy as np
 import torch
 
-from robrep.checkpoint import model_digest, model_from_meta, read_meta
+from robrep.checkpoint import load_checkpoint, model_digest, model_from_meta, read_meta
 from robrep.core.config import Bounds, NonNegative, Seed, distinct
 from robrep.core.errors import ConfigError
 from robrep.core.location import absolute, exists, join, redact
@@ -99,7 +99,8 @@ def resolve_model(store: str, name: str, num_classes: int) -> ModelRef:
                               f"the model_id of checkpoint {redact(name)}")
         row = {"model_id": model_id, "checkpoint": absolute(name), "robust": meta.get("robust"),
                "eps": meta.get("eps")}
-    meta = read_meta(row["checkpoint"])  # CheckpointError if the files are gone
+    # The weights load, and match the digest meta.json names, here: a damaged checkpoint is one error before any job.
+    _, meta = load_checkpoint(row["checkpoint"])
     if meta["num_classes"] != num_classes:
         raise ConfigError(f"model {name!r} has {meta['num_classes']} classes but the split has {num_classes}: "
                           "they do not belong together")

@@ -2,14 +2,13 @@
 the store and the data are byte-identical afterwards. Run in this process (no Ray starts: every one of these
 fails at the door)."""
 
-import hashlib
 import importlib
+import json
 import shutil
-from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO, SMOKE
+from helpers import REPO, SMOKE, tree_digest
 
 pytestmark = pytest.mark.ffcv
 
@@ -132,18 +131,69 @@ BAD = [
     ("build_dataset", ["--source", "nope", "--out", "{T}/x.beton"], "build.source"),
     ("build_dataset", ["--source", "imagefolder", "--root", "{T}/none", "--out", "{T}/x.beton"], "none"),
     ("build_dataset", ["--source", "cifar10", "--root", "{T}/cifar", "--out", "{T}/x.beton"], "not a CIFAR-10 batch"),
+    # numbers out of their declared range (robrep/core/config.py Bounds), read at the door
+    ("fanout", ["--config", "{C}", "--set", "fanout.cpus_per_worker=-1"], "fanout.cpus_per_worker=-1.0 must be > 0"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.gpus_per_worker=-0.5"], "fanout.gpus_per_worker=-0.5"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.max_retries=-1"], "fanout.max_retries=-1 must be >= 0"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.workers=0"], "fanout.workers=0"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.compact_parts=-3"], "fanout.compact_parts=-3"),
+    ("fanout", ["--config", "{C}", "--set", "ray.num_cpus=0"], "ray.num_cpus=0 must be >= 1"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs=[{kind: interpolate, lam_steps: 1.5}]"], "lam_steps"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs=[{kind: top_activating, images_per_end: 0}]"],
+     "images_per_end=0"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs=[{kind: regularized_visualize, max_degrees: 720}]"],
+     "max_degrees=720.0 must be within [0, 180]"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.indices={mode: list, values: [-2]}"], "values[0]=-2"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs=[{kind: invert, kind: pairs}]"], "'kind' is given twice"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs=[{kind: [invert]}]"], "unknown job kind ['invert']"),
+    ("tune", ["--config", "{C}", "--set", "tune.max_concurrent=0"], "tune.max_concurrent=0 must be >= 1"),
+    ("tune", ["--config", "{C}", "--set", "tune.default_step_size=-0.1"], "tune.default_step_size=-0.1"),
+    ("tune", ["--config", "{C}", "--set", "tune.cpus_per_trial=0"], "tune.cpus_per_trial=0.0 must be > 0"),
+    ("tune", ["--config", "{C}", "--set", "tune.max_failures=-2"], "tune.max_failures=-2"),
+    ("tune", ["--config", "{C}", "--set", "tune.step_size={low: -1.0, high: 0.1}"], "tune.step_size.low=-1.0"),
+    ("train", ["--config", "{C}", "--set", "train.digits_robust.momentum=-5"], "momentum=-5.0 must be within [0, 1)"),
+    ("train", ["--config", "{C}", "--set", "train.digits_robust.lr_gamma=0"], "lr_gamma=0.0 must be > 0"),
+    ("train", ["--config", "{C}", "--set", "train.digits_robust.label_smoothing=1"], "label_smoothing=1.0"),
+    ("train", ["--config", "{C}", "--set", "train.digits_robust.num_workers=0"], "num_workers=0 must be >= 1"),
+    ("train", ["--config", "{C}", "--set", "train.digits_robust.cpus_per_worker=-1"], "cpus_per_worker=-1.0"),
+    ("train", ["--config", "{C}", "--set", "train.digits_robust.max_failures=-1"], "max_failures=-1"),
+    ("train", ["--config", "{C}", "--set", "train.digits_robust.warmup_epochs=8"], "warmup_epochs=8 must be fewer"),
+    ("train", ["--config", "{C}", "--set", "train.digits_robust.attack.restarts=0"], "restarts=0 must be >= 1"),
+    ("evaluate", ["--store", "{S}", "--model", "digits_robust", "--gpus", "-1"], "evaluate.gpus_per_shard=-1.0"),
+    ("evaluate", ["--store", "{S}", "--model", "digits_robust", "--shards", "0"], "evaluate.shards=0"),
+    ("evaluate", ["--store", "{S}", "--model", "digits_robust", "--max-images", "0"], "evaluate.max_images=0"),
+    ("build_dataset", ["--source", "synthetic", "--out", "{T}/x.beton", "--set", "build.jpeg_quality=0"],
+     "build.jpeg_quality=0"),
+    ("main", ["--config", "{C}", "--set", "data.per_class=0"], "data.per_class=0"),
+    # the same thing twice: it would run the same jobs twice
+    ("fanout", ["--config", "{C}", "--set", "fanout.indices={mode: list, values: [3, 1, 3]}"], "lists 3 twice"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.models=[digits_standard, digits_robust, digits_standard]"],
+     "fanout.models lists 'digits_standard' twice"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs=[{kind: invert_sweep, radii: [1.0, 2, 1]}]"],
+     "radii lists 1.0 twice"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.jobs=[{kind: invert, inits: [noise, noise]}]"],
+     "inits lists 'noise' twice"),
+    ("fanout", ["--config", "{C}", "--set",
+                "fanout.jobs=[{kind: visualize, coordinates: {mode: list, values: [2, 2]}}]"], "lists 2 twice"),
+    ("tune", ["--config", "{C}", "--set", "tune.steps=[20, 20]"], "tune.steps lists 20 twice"),
+    ("train", ["--config", "{C}", "--set", "train.digits_robust.lr_milestones=[5, 2]"], "must be increasing"),
+    # files checked before work starts
+    ("fanout", ["--config", "{C}", "--set", "fanout.models=[{T}/garbage_ckpt]", "--set", "fanout.judge=none",
+                "--set", "fanout.jobs=[{kind: invert}]"],
+     "digest mismatch"),
+    ("fanout", ["--config", "{C}", "--set", "fanout.models=[{T}/garbage_nodigest]", "--set", "fanout.judge=none",
+                "--set", "fanout.jobs=[{kind: invert}]"],
+     "cannot read"),
+    ("evaluate", ["--store", "{S}", "--checkpoint", "{T}/garbage_ckpt", "--data", "{D}/test.beton"],
+     "digest mismatch"),
+    ("evaluate", ["--store", "{S}", "--checkpoint", "{T}/garbage_nodigest", "--data", "{D}/test.beton"],
+     "cannot read"),
+    ("store", ["check", "--store", "{T}/no_store"], "there is no store there"),
+    ("store", ["compact", "--store", "{T}/no_store"], "there is no store there"),
     ("report", [], "needs a store"),
     ("store", ["check"], "needs --store"),
     ("store", ["mend", "--store", "{S}"], "must be one of"),
 ]
-
-
-def tree_digest(*folders: Path) -> str:
-    digest = hashlib.sha256()
-    for folder in folders:
-        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-            digest.update(str(path).encode() + path.read_bytes())
-    return digest.hexdigest()
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +222,12 @@ def world(untrained_pair, tmp_path_factory):
     (tmp / "badside.json").write_text("{not json")
     (tmp / "fake.beton").write_text("not a beton, but its sidecar is a real one" * 10)
     shutil.copy(trained / "data" / "test.json", tmp / "fake.json")
+    for name, keep_digest in (("garbage_ckpt", True), ("garbage_nodigest", False)):
+        shutil.copytree(trained / "ckpt" / "digits_robust", tmp / name)
+        (tmp / name / "model.pt").write_bytes(b"not a torch file" * 8)
+        if not keep_digest:
+            meta = json.loads((tmp / name / "meta.json").read_text())
+            (tmp / name / "meta.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "digest"}))
     (tmp / "cifar").mkdir()
     for name in [f"data_batch_{i}" for i in range(1, 6)] + ["batches.meta"]:
         batch = {b"data": np.zeros((4, 100), dtype=np.uint8), b"labels": [0, 1, 2, 3], b"label_names": [b"a"] * 10}
