@@ -23,8 +23,8 @@ def _evaluate_shard(checkpoint: str, data: str, source: str | None, indices: lis
                for i in range(0, len(indices), batch_size))
     fast = FastModel(model, device, precision, compile, shared(compile_cache, device, compile))
     if attack is not None and apgd_steps:
-        return evaluate_independently(model, batches, attack, apgd_steps, attack_model=fast)
-    return evaluate(model, batches, attack, attack_model=fast)
+        return evaluate_independently(model, batches, attack, apgd_steps, attack_model=fast, capture=fast.capture)
+    return evaluate(model, batches, attack, attack_model=fast, capture=fast.capture)
 
 
 def evaluate_checkpoint(

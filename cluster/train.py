@@ -119,10 +119,11 @@ def _on_device(loader, device, max_images: int | None, seen_labels: list | None 
 
 
 def _evaluate(model, loader, attack: AttackSpec | None, device, max_images: int | None, attack_model, precision: str,
-              seen_labels: list | None = None) -> tuple[float, float]:
+              capture: bool, seen_labels: list | None = None) -> tuple[float, float]:
     """Clean and adversarial accuracy over this rank's shard (test_shard), summed over ranks; the attack runs on
     attack_model in the training's precision."""
-    counts = count_correct(model, _on_device(loader, device, max_images, seen_labels), attack, attack_model, precision)
+    counts = count_correct(model, _on_device(loader, device, max_images, seen_labels), attack, attack_model, precision,
+                           capture)
     n, clean, adv = _all_reduce(list(counts), device)
     return clean / max(n, 1), (adv / max(n, 1) if attack is not None else float("nan"))
 
@@ -159,6 +160,7 @@ def train_loop_per_worker(run: TrainRun) -> None:
     # compile: one graph for the DDP training step and one for the attack (the unwrapped module, eval mode, frozen)
     step_model = torch.compile(ddp_model) if spec.compile else ddp_model
     attack_model = torch.compile(model) if spec.compile else model
+    capture = spec.compile and torch.device(device).type == "cuda"  # the attack's steps as a CUDA graph (robrep.pgd)
     train_path, test_path = stage(run.train_path, run.train_source), stage(run.test_path, run.test_source)
     # Translation and flips are drawn here from a seeded generator (robrep/augment.py), not by FFCV's unseeded ones.
     augment_kind = spec.augment or read_info(train_path).get("augment", "none")
@@ -185,7 +187,7 @@ def train_loop_per_worker(run: TrainRun) -> None:
                 x = augment(x, augment_kind, spec.padding, generator)
             attack = spec.attack_at(epoch * steps_per_epoch + i, spec.epochs * steps_per_epoch)
             loss, hits = train_step(step_model, optimizer, x, y, attack, attack_model=attack_model,
-                                    label_smoothing=spec.label_smoothing, precision=spec.precision)
+                                    label_smoothing=spec.label_smoothing, precision=spec.precision, capture=capture)
             if step_per_batch(spec):
                 scheduler.step()
             seen, batches, correct, loss_sum = seen + len(y), batches + 1, correct + hits, loss_sum + loss
@@ -205,7 +207,7 @@ def train_loop_per_worker(run: TrainRun) -> None:
         cap = None if last or spec.eval_max_images is None else max(1, spec.eval_max_images // world)
         eval_labels = [] if run.audit_dir else None
         clean_acc, adv_acc = (_evaluate(model, test_loader, spec.eval_attack, device, cap, attack_model, spec.precision,
-                                        eval_labels) if evaluate_now else (float("nan"), float("nan")))
+                                        capture, eval_labels) if evaluate_now else (float("nan"), float("nan")))
         metrics = {
             "model_id": spec.model_id, "epoch": epoch, "loss": loss_all / world, "train_acc": correct_all / seen_all,
             "clean_acc": clean_acc, "adv_acc": adv_acc, "lr": lr, "images_per_s": seen_all / train_seconds,

@@ -46,13 +46,13 @@ class TuneProblem:
 
 
 def _problem(problem: TuneProblem):
-    """On the trial's GPU where it has one."""
+    """(loss_fn, x0, measure, capture: replay PGD's steps as a CUDA graph), on the trial's GPU where it has one."""
     device = "cuda" if torch.cuda.is_available() else "cpu"
     model, _ = load_checkpoint(problem.checkpoint, map_location=device)
     images, labels = read_indices(stage(problem.data, problem.data_source), list(problem.indices))
-    return tuning_problem(model, images.to(device), labels.to(device), problem.objective,
-                          fast=FastModel(model, device, problem.precision, problem.compile,
-                                         shared(problem.compile_cache, device, problem.compile)))
+    fast = FastModel(model, device, problem.precision, problem.compile,
+                     shared(problem.compile_cache, device, problem.compile))
+    return (*tuning_problem(model, images.to(device), labels.to(device), problem.objective, fast=fast), fast.capture)
 
 
 def trainable(params: dict, problem: TuneProblem) -> None:
@@ -60,12 +60,12 @@ def trainable(params: dict, problem: TuneProblem) -> None:
     torch.set_num_threads(1)
     start = time.time()
     fault_point("tune.trial")  # tests kill a trial here (ROBREP_FAULT): the run must go on without it
-    loss_fn, x0, measure = _problem(problem)
+    loss_fn, x0, measure, capture = _problem(problem)
     x, done, steps = x0, 0, params["steps"]
     while done < steps:
         chunk = min(problem.report_every, steps - done)
         x = pgd(loss_fn, x, center=x0, eps=problem.eps, step_size=params["step_size"], steps=chunk,
-                constraint=problem.constraint).x
+                constraint=problem.constraint, capture=capture).x
         done += chunk
         tune.report({"metric": measure(x), "steps_done": done, "seconds": time.time() - start})
 
@@ -74,8 +74,9 @@ def trainable(params: dict, problem: TuneProblem) -> None:
 def score(problem: TuneProblem, step_size: float, steps: int) -> float:
     """The objective for (step_size, steps) in one run of `steps` (no early stop), e.g. on held-out images."""
     torch.set_num_threads(1)
-    loss_fn, x0, measure = _problem(problem)
-    return measure(pgd(loss_fn, x0, eps=problem.eps, step_size=step_size, steps=steps, constraint=problem.constraint).x)
+    loss_fn, x0, measure, capture = _problem(problem)
+    return measure(pgd(loss_fn, x0, eps=problem.eps, step_size=step_size, steps=steps, constraint=problem.constraint,
+                       capture=capture).x)
 
 
 def score_remote(problem: TuneProblem, step_size: float, steps: int, resources: dict):

@@ -47,10 +47,12 @@ def check_precision(precision: str, key: str = "precision") -> str:
 
 
 def autocast(device: str | torch.device, precision: str) -> contextlib.AbstractContextManager:
-    """bf16 autocast on `device`'s type for precision "bf16"; nothing for "fp32"."""
+    """bf16 autocast on `device`'s type for precision "bf16"; nothing for "fp32". Without autocast's cache of cast
+    weights: each region is one forward (every weight is cast once anyway), and a CUDA-graph capture of the PGD step
+    (robrep.pgd) must not keep cast weights across replays (PyTorch's CUDA-graph notes: cache_enabled=False)."""
     if check_precision(precision) == "fp32":
         return contextlib.nullcontext()
-    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
+    return torch.autocast(torch.device(device).type, dtype=torch.bfloat16, cache_enabled=False)
 
 
 @contextlib.contextmanager
@@ -189,6 +191,7 @@ class FastModel(nn.Module):
         self.inner, self.device_type, self.precision = inner, on.type, precision
         self.representation_dim = getattr(model, "representation_dim", None)
         self.compiled = compile
+        self.capture = compile and on.type == "cuda"  # PGD over it replays each step as a CUDA graph (robrep.pgd)
         self.cache = cache if compile else None
         if self.cache is not None:
             self.cache.load()

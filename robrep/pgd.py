@@ -6,18 +6,28 @@ x0's device, the best iterate is kept with torch.where, and an early stop (stop_
 every STOP_CHECK_EVERY steps (examples flagged done stop moving at once; the check only ends the loop). One extra
 no-grad forward per restart measures the loss of the returned iterate. eps and step_size are in [0,1]-pixel
 units, a scalar or (B,).
+
+A step writes into fixed buffers (the iterate, the best iterate and loss, the active flags), so that on a CUDA
+device it can be captured once as a CUDA graph and replayed for the other steps (capture=True): no Python, no
+kernel launches from the host between steps, one host sync per STOP_CHECK_EVERY steps where there is an early
+stop and none otherwise. A step that cannot be captured (a host sync or a host-side random number inside the
+loss) runs eagerly after one logged line.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 
+log = logging.getLogger(__name__)
+
 LossFn = Callable[[torch.Tensor], torch.Tensor]  # x (B, C, H, W) -> loss (B,)
 StopFn = Callable[[], torch.Tensor]  # () -> done (B,) bool, judged on the iterate of the last loss_fn call
 STOP_CHECK_EVERY = 8  # steps between the host syncs that end the loop once every example is done
+GRAPH_WARMUP = 3  # eager steps on a side stream before a capture (cuDNN's autotuning, lazy initialisation)
 
 
 @dataclass
@@ -99,30 +109,81 @@ def _as_column(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return value.to(like.device, like.dtype).expand(like.shape[0]).reshape(shape)
 
 
-def _run(loss_fn, x, center, rule, eps, step_size, steps, keep_best, stop_fn) -> PGDResult:
-    """One PGD run from x. Examples flagged done by stop_fn freeze where they are."""
+_WARNED: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    """A fallback is one logged line per process and reason, not one per batch."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        log.warning(message)
+
+
+class _Graph:
+    """`step` (no arguments, it works in fixed buffers) as a CUDA graph: the first GRAPH_WARMUP calls run it on a
+    side stream, the next captures it and replays it, every later call replays it. When the capture fails, one
+    logged line says why and every call runs `step` eagerly."""
+
+    def __init__(self, step: Callable[[], None]):
+        self.step, self.calls, self.graph = step, 0, None
+
+    def __call__(self) -> None:
+        self.calls += 1
+        if self.graph is not None:
+            return self.graph.replay() if self.graph else self.step()
+        if self.calls <= GRAPH_WARMUP:
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                self.step()
+            torch.cuda.current_stream().wait_stream(side)
+            return None
+        graph = torch.cuda.CUDAGraph()
+        try:
+            with torch.cuda.graph(graph):  # records the kernels; runs none of them
+                self.step()
+        except RuntimeError as e:
+            _warn_once(f"PGD: the step was not captured as a CUDA graph ({' '.join(str(e).split())}); it runs eagerly")
+            self.graph = False
+            return self.step()
+        self.graph = graph
+        return graph.replay()
+
+
+def _run(loss_fn, x, center, rule, eps, step_size, steps, keep_best, stop_fn, capture=False) -> PGDResult:
+    """One PGD run from x (a buffer of its own: it is updated in place). Examples flagged done by stop_fn freeze
+    where they are. capture: replay the step as a CUDA graph (see the module doc)."""
     batch = x.shape[0]
     active = torch.ones(batch, dtype=torch.bool, device=x.device)
     steps_taken = torch.zeros(batch, dtype=torch.int64, device=x.device)
     best_x = x.clone() if keep_best else x
     best_loss = torch.full((batch,), float("inf"), device=x.device)
-    for step in range(steps):
-        x.requires_grad_(True)
-        loss = loss_fn(x)  # (B,)
-        (grad,) = torch.autograd.grad(loss.sum(), x)
+
+    def step() -> None:
+        z = x.detach().requires_grad_(True)
+        loss = loss_fn(z)  # (B,)
+        (grad,) = torch.autograd.grad(loss.sum(), z)
         with torch.no_grad():
-            x = x.detach()
+            loss = loss.detach()
             if keep_best:
-                better = loss.detach() < best_loss
-                best_loss = torch.where(better, loss.detach(), best_loss)
-                best_x = torch.where(better.view(-1, 1, 1, 1), x, best_x)
+                better = loss < best_loss
+                best_loss.copy_(torch.where(better, loss, best_loss))
+                best_x.copy_(torch.where(better.view(-1, 1, 1, 1), x, best_x))
             if stop_fn is not None:
-                active &= ~stop_fn()
-                if step % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and not active.any():
-                    break
+                active.logical_and_(~stop_fn())
             moved = rule.project(rule.step(x, grad, step_size), center, eps)
-            x = moved if stop_fn is None else torch.where(active.view(-1, 1, 1, 1), moved, x)
-            steps_taken += active
+            x.copy_(moved if stop_fn is None else torch.where(active.view(-1, 1, 1, 1), moved, x))
+            steps_taken.add_(active)
+
+    run_step = step
+    if capture and x.is_cuda:
+        run_step = _Graph(step)
+    elif capture:
+        _warn_once(f"PGD: capture asks for a CUDA device (the batch is on {x.device.type}); the steps run eagerly")
+    for i in range(steps):
+        run_step()
+        if stop_fn is not None and i % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and not active.any():
+            break
     with torch.no_grad():
         final_loss = loss_fn(x).detach()
     if keep_best:
@@ -146,6 +207,7 @@ def pgd(
     keep: str = "last",
     stop_fn: StopFn | None = None,
     generator: torch.Generator | None = None,
+    capture: bool = False,
 ) -> PGDResult:
     """Minimise loss_fn from x0 within the `constraint` ball of radius eps around `center` (default x0).
 
@@ -153,6 +215,7 @@ def pgd(
     loss. keep="best" returns each example's best iterate seen, "last" the final one. stop_fn, called
     right after each loss_fn(x), flags examples that are done: they stop moving, and steps_taken says when.
     generator: on x0's device (random starts are drawn there); None uses that device's default generator.
+    capture: on a CUDA device, each run's step is captured once as a CUDA graph and replayed (see the module doc).
     """
     rule = get_step(constraint)
     if keep not in ("last", "best"):
@@ -166,7 +229,7 @@ def pgd(
     for _ in range(restarts):
         start = rule.random_start(center, eps_c, generator) if random_start else x0.clone()
         start = rule.project(start, center, eps_c)
-        result = _run(loss_fn, start, center, rule, eps_c, step_c, steps, keep == "best", stop_fn)
+        result = _run(loss_fn, start, center, rule, eps_c, step_c, steps, keep == "best", stop_fn, capture)
         if best is None:
             best = result
         else:

@@ -173,12 +173,14 @@ def step_per_batch(spec: ModelSpec) -> bool:
 
 
 def adversarial_examples(
-    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec, keep: str = "last", precision: str = "fp32"
+    model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: AttackSpec, keep: str = "last", precision: str = "fp32",
+    capture: bool = False,
 ) -> torch.Tensor:
     """PGD that maximises CE within the eps-ball, with the model in eval mode (BN statistics frozen) and its
     parameters frozen (input gradients only), under `precision` (robrep.fast.autocast).
 
-    keep="best" returns each example's highest-loss iterate (for evaluation), "last" the final one.
+    keep="best" returns each example's highest-loss iterate (for evaluation), "last" the final one. capture: each
+    step replayed as a CUDA graph (robrep.pgd).
     """
     with eval_mode(model), frozen(model), autocast(x.device, precision):
         result = pgd(
@@ -191,6 +193,7 @@ def adversarial_examples(
             random_start=attack.random_start,
             restarts=attack.restarts,
             keep=keep,
+            capture=capture,
         )
     return result.x
 
@@ -204,16 +207,19 @@ def train_step(
     attack_model: nn.Module | None = None,
     label_smoothing: float = 0.0,
     precision: str = "fp32",
+    capture: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One SGD step on clean (attack=None) or adversarial inputs. Returns (mean loss, #correct) as 0-d tensors on
     the device, so a loop that sums them syncs with the host once per epoch, not per step.
 
     attack_model: the module the attack differentiates (default `model`). Under DDP pass the unwrapped
     module, so the attack's input-gradient passes never enter DDP's gradient synchronisation.
-    precision: of the attack and the forward (bf16 autocast); backward runs outside autocast.
+    precision: of the attack and the forward (bf16 autocast); backward runs outside autocast. capture: the attack's
+    steps replayed as a CUDA graph (robrep.pgd).
     """
     attacked = model if attack_model is None else attack_model  # (a compiled module has no truth value)
-    inputs = x if attack is None else adversarial_examples(attacked, x, y, attack, precision=precision)
+    inputs = x if attack is None else adversarial_examples(attacked, x, y, attack, precision=precision,
+                                                             capture=capture)
     model.train()
     with autocast(x.device, precision):
         logits = model(inputs)
@@ -226,13 +232,14 @@ def train_step(
 
 def count_correct(
     model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], attack: AttackSpec | None,
-    attack_model: nn.Module | None = None, precision: str = "fp32",
+    attack_model: nn.Module | None = None, precision: str = "fp32", capture: bool = False,
 ) -> tuple[int, int, int]:
     """(examples, clean correct, adversarially correct under `attack`; 0 when None) over (x, y) batches.
 
     The attack runs on attack_model (default `model`; e.g. a robrep.fast.FastModel) in `precision`; every
     prediction, clean and adversarial, is `model`'s own, in fp32. An example counts as robust only if the
-    strongest iterate of every restart is still classified right.
+    strongest iterate of every restart is still classified right. capture: the attack's steps replayed as a CUDA
+    graph (robrep.pgd).
     """
     model.eval()
     attacked = model if attack_model is None else attack_model
@@ -241,7 +248,7 @@ def count_correct(
         with torch.no_grad():
             clean += int((model(x).argmax(1) == y).sum())
         if attack is not None:
-            x_adv = adversarial_examples(attacked, x, y, attack, keep="best", precision=precision)
+            x_adv = adversarial_examples(attacked, x, y, attack, keep="best", precision=precision, capture=capture)
             with torch.no_grad():
                 adv += int((model(x_adv).argmax(1) == y).sum())
         n += len(y)
@@ -249,10 +256,10 @@ def count_correct(
 
 
 def evaluate(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], attack: AttackSpec | None,
-             attack_model: nn.Module | None = None, precision: str = "fp32") -> dict:
+             attack_model: nn.Module | None = None, precision: str = "fp32", capture: bool = False) -> dict:
     """Clean accuracy, and adversarial accuracy under `attack` (NaN when None), over (x, y) batches
-    (see count_correct for attack_model and precision)."""
-    n, clean, adv = count_correct(model, batches, attack, attack_model, precision)
+    (see count_correct for attack_model, precision and capture)."""
+    n, clean, adv = count_correct(model, batches, attack, attack_model, precision, capture)
     if n == 0:
         raise ValueError("evaluate() got no batches")
     return {"n": n, "clean_acc": clean / n, "adv_acc": adv / n if attack is not None else float("nan")}
@@ -273,7 +280,8 @@ def apgd_examples(model: nn.Module, x: torch.Tensor, y: torch.Tensor, attack: At
 
 
 def evaluate_independently(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], attack: AttackSpec,
-                           apgd_steps: int, attack_model: nn.Module | None = None, precision: str = "fp32") -> dict:
+                           apgd_steps: int, attack_model: nn.Module | None = None, precision: str = "fp32",
+                           capture: bool = False) -> dict:
     """Clean accuracy; accuracy under our PGD (`pgd_acc`), APGD-CE (`apgd_ce_acc`) and, with >= 3 classes, APGD-DLR
     (`apgd_dlr_acc`; NaN otherwise) at the same eps and norm; and `adv_acc`, the robust accuracy: the fraction
     still right under every attack (per example, so never above the lowest of them)."""
@@ -286,7 +294,7 @@ def evaluate_independently(model: nn.Module, batches: Iterable[tuple[torch.Tenso
             logits = model(x)
         classes = logits.shape[1]
         right = {"clean": logits.argmax(1) == y}
-        x_pgd = adversarial_examples(attacked, x, y, attack, keep="best", precision=precision)
+        x_pgd = adversarial_examples(attacked, x, y, attack, keep="best", precision=precision, capture=capture)
         losses = ("ce", "dlr") if classes >= 3 else ("ce",)
         candidates = {"pgd": x_pgd, **{f"apgd_{loss}": apgd_examples(model, x, y, attack, loss, apgd_steps)
                                        for loss in losses}}

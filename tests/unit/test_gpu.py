@@ -69,3 +69,47 @@ def test_the_invert_and_manipulate_kinds_run_on_the_gpu_in_bf16():
                   for s in range(6)]
     rows = get_kind("manipulate").run(ctx, manipulate)
     assert len(rows) == 6 and all(0 <= r["steps_taken"] <= 50 for r in rows)
+
+
+def test_a_captured_pgd_step_replays_the_eager_steps_without_a_host_sync():
+    """capture=True: the step is captured once (after GRAPH_WARMUP eager ones) and replayed; the iterates are the
+    eager ones (same kernels: cuDNN picked them during the warm-up), and no call inside the run syncs."""
+    torch.manual_seed(0)
+    fast = FastModel(create_model("cifar_resnet18", 10, MEAN, STD).eval(), "cuda", "fp32")
+    x0, target = torch.rand(16, 3, 32, 32, device="cuda"), torch.rand(16, 3, 32, 32, device="cuda")
+    with torch.no_grad():
+        target_rep = fast.representation(target)
+    eager = pgd(inversion(fast, target_rep), x0, eps=2.0, step_size=0.2, steps=20, keep="best")
+    pgd(inversion(fast, target_rep), x0, eps=2.0, step_size=0.2, steps=20, keep="best", capture=True)  # warm-up
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        captured = pgd(inversion(fast, target_rep), x0, eps=2.0, step_size=0.2, steps=20, keep="best", capture=True)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    torch.testing.assert_close(captured.x, eager.x, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(captured.loss, eager.loss, rtol=1e-4, atol=1e-6)
+    assert (captured.steps_taken == 20).all()
+
+
+def test_a_step_that_cannot_be_captured_runs_eagerly_after_one_logged_line(caplog, monkeypatch):
+    import robrep.pgd as engine
+
+    monkeypatch.setattr(engine, "_WARNED", set())
+    torch.manual_seed(0)
+    model = create_model("cifar_resnet18", 10, MEAN, STD).cuda().eval()
+    x0, target = torch.rand(8, 3, 32, 32, device="cuda"), torch.rand(8, 3, 32, 32, device="cuda")
+    with torch.no_grad():
+        target_rep = model.representation(target)
+    objective = inversion(model, target_rep)
+
+    def syncing(x):  # a host sync inside the loss cannot be captured
+        loss = objective(x)
+        return loss * (1.0 + 0.0 * float(loss.sum().item()))
+
+    eager = pgd(syncing, x0, eps=2.0, step_size=0.2, steps=10)
+    with caplog.at_level("WARNING", logger="robrep.pgd"):
+        results = [pgd(syncing, x0, eps=2.0, step_size=0.2, steps=10, capture=True) for _ in range(2)]
+    for result in results:
+        torch.testing.assert_close(result.x, eager.x, rtol=1e-4, atol=1e-5)
+    assert len(caplog.records) == 1 and "not captured as a CUDA graph" in caplog.records[0].getMessage()

@@ -174,3 +174,23 @@ def test_bad_arguments_are_refused():
         pgd(loss_fn, torch.rand(1, 3, 8, 8), eps=1.0, step_size=0.1, steps=1, constraint="l3")
     with pytest.raises(ValueError, match="random_start"):
         pgd(loss_fn, torch.rand(1, 3, 8, 8), eps=1.0, step_size=0.1, steps=1, restarts=2)
+
+
+def test_capture_off_a_cuda_device_runs_the_same_steps_after_one_logged_line(caplog, monkeypatch):
+    """capture=True replays the step as a CUDA graph on a GPU (tests/unit/test_gpu.py); on the CPU the same fixed
+    buffers are stepped eagerly: the same iterates, and one warning per process, not one per batch."""
+    import robrep.pgd as engine
+
+    monkeypatch.setattr(engine, "_WARNED", set())
+    model = small_model()
+    x0, target = torch.rand(4, 3, 16, 16), torch.rand(4, 3, 16, 16)
+    with torch.no_grad():
+        target_rep = model.representation(target)
+    plain = pgd(inversion(model, target_rep), x0, eps=2.0, step_size=0.1, steps=12, keep="best")
+    with caplog.at_level("WARNING", logger="robrep.pgd"):
+        for _ in range(2):
+            captured = pgd(inversion(model, target_rep), x0, eps=2.0, step_size=0.1, steps=12, keep="best",
+                           capture=True)
+    assert torch.equal(captured.x, plain.x) and torch.equal(captured.loss, plain.loss)
+    assert [r.getMessage() for r in caplog.records] == [
+        "PGD: capture asks for a CUDA device (the batch is on cpu); the steps run eagerly"]

@@ -56,7 +56,7 @@ def run_pgd(ctx: BatchContext, jobs: list[Job], loss_fn, x0: torch.Tensor, stop_
     first = jobs[0]
     eps = torch.tensor([j.eps for j in jobs], device=ctx.device)
     return pgd(loss_fn, x0, center=x0, eps=eps, step_size=first.step_size, steps=first.steps,
-               constraint=first.constraint, stop_fn=stop_fn)
+               constraint=first.constraint, stop_fn=stop_fn, capture=ctx.fast.capture)
 
 
 def run_inversion(ctx: BatchContext, jobs: list[Job], images: BatchImages, target_rep: torch.Tensor
