@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Literal
 
+import pyarrow.fs as pafs
 import yaml
 
 from cluster.specs import FanoutRunSpec, TrainSpec
@@ -29,7 +30,7 @@ from robrep.core.config import (
     load_yaml,
 )
 from robrep.core.errors import ConfigError, StorageError
-from robrep.core.location import check, check_writable, is_uri, join, parent, read_bytes, redact
+from robrep.core.location import check, check_writable, filesystem, is_uri, join, parent, read_bytes, redact
 from robrep.core.names import check_name
 from robrep.fanout.job import MAX_STEPS
 from robrep.fanout.registry import KINDS
@@ -275,6 +276,17 @@ class ExperimentConfig:
         if not self.store:
             raise ConfigError("this entry point needs a store: set store: in the config, or --store / --set store=...")
         return check(self.store, "store")
+
+    @property
+    def existing_store_root(self) -> str:
+        """store_root, for the entry points that only read a store (jobs.report, jobs.store): a folder that is not
+        there is an error, not an empty store."""
+        root = self.store_root
+        fs, base = filesystem(root)
+        if fs.get_file_info(base).type != pafs.FileType.Directory:
+            raise StorageError(f"store={redact(root)!r}: there is no store there (no such folder); give the store's "
+                               "root, the folder that holds results/ and models/")
+        return root
 
     @property
     def storage_root(self) -> str:

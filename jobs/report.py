@@ -23,8 +23,9 @@ def main(config: ExperimentConfig) -> None:
     from robrep.core.location import redact
     from robrep.report import build_report
 
+    store = config.existing_store_root
     config.writable("report_dir")
-    report = build_report(config.store_root, config.report_root)
+    report = build_report(store, config.report_root)
     print(f"[report] {len(report.figures)} figures, {len(report.missing)} sections missing: {redact(report.path)}",
           flush=True)
 

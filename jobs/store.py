@@ -18,11 +18,9 @@ import sys
 import time
 import uuid
 
-import pyarrow.fs as pafs
-
 from jobs.common import Alias, run_entry_point
 from jobs.config import ExperimentConfig
-from robrep.core.errors import ConfigError, StorageError
+from robrep.core.errors import ConfigError
 from robrep.core.location import check_writable, filesystem, redact
 from robrep.store.compact import compact_store
 from robrep.store.files import EXTENSIBLE, list_table, quarantine, record_columns, recorded_schema, validate
@@ -37,11 +35,8 @@ ALIASES = (Alias("--store", "store", help="the store root"),)
 
 def run(config: ExperimentConfig, action: str) -> int:
     """Print the store's state; repair or compact if asked. Returns the number of damaged files found."""
-    root = config.store_root
-    fs, base = filesystem(root)
-    if fs.get_file_info(base).type != pafs.FileType.Directory:
-        raise StorageError(f"store={redact(root)!r}: there is no store there (no such folder); give the store's "
-                           "root, the folder that holds results/ and models/")
+    root = config.existing_store_root
+    fs, _ = filesystem(root)
     if action != "check":
         check_writable(root, "store")
     print(f"[store] {redact(root)}")
