@@ -5,6 +5,7 @@ import contextlib
 import hashlib
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -77,6 +78,17 @@ def run_module(module: str, *args: str, timeout: int = 600, env: dict | None = N
 def store_overrides(tmp: Path) -> list[str]:
     """--set arguments that put the store, checkpoints and data of a config under tmp."""
     return ["--set", f"store={tmp}/store", "--set", f"storage_path={tmp}/ckpt", "--set", f"data.dir={tmp}/data"]
+
+
+def private_world(pair: Path, tmp: Path) -> Path:
+    """tmp holding a copy of the untrained pair's store and good.yaml: the smoke config on that store and the pair's
+    data (tests that must leave a store untouched hash it before and after)."""
+    shutil.copytree(pair / "store", tmp / "store")
+    config = yaml.safe_load((REPO / SMOKE).read_text())
+    config.update(store=str(tmp / "store"), storage_path=str(tmp / "ckpt"))
+    config["data"]["dir"] = str(pair / "data")
+    (tmp / "good.yaml").write_text(yaml.safe_dump(config))
+    return tmp
 
 
 def tree_digest(*folders: Path) -> str:

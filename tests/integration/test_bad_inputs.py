@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 import yaml
-from helpers import REPO, SMOKE, tree_digest
+from helpers import private_world, tree_digest
 
 pytestmark = pytest.mark.ffcv
 
@@ -212,12 +212,7 @@ def world(untrained_pair, tmp_path_factory):
 
     import numpy as np
 
-    tmp = tmp_path_factory.mktemp("bad")
-    shutil.copytree(trained / "store", tmp / "store")
-    config = yaml.safe_load((REPO / SMOKE).read_text())
-    config.update(store=str(tmp / "store"), storage_path=str(tmp / "ckpt"))
-    config["data"]["dir"] = str(trained / "data")
-    (tmp / "good.yaml").write_text(yaml.safe_dump(config))
+    tmp = private_world(trained, tmp_path_factory.mktemp("bad"))
     (tmp / "broken.yaml").write_text("fanout: [unclosed\n")
     (tmp / "latin1.yaml").write_bytes("name: caf\xe9\n".encode("latin-1"))
     (tmp / "list.yaml").write_text("- a\n- b\n")

@@ -4,26 +4,18 @@ one `error:` line naming the problem, exit 2, no traceback, no terminal colour c
 entry points run as a user runs them (`python -m jobs.<name>`, a local Ray of their own)."""
 
 import os
-import shutil
 import subprocess
 import sys
 
 import pytest
-import yaml
-from helpers import REPO, SMOKE, run_module, tree_digest
+from helpers import REPO, private_world, run_module, tree_digest
 
 pytestmark = [pytest.mark.ray, pytest.mark.ffcv]
 
 
 @pytest.fixture(scope="module")
 def world(untrained_pair, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("refused")
-    shutil.copytree(untrained_pair / "store", tmp / "store")
-    config = yaml.safe_load((REPO / SMOKE).read_text())
-    config.update(store=str(tmp / "store"), storage_path=str(tmp / "ckpt"))
-    config["data"]["dir"] = str(untrained_pair / "data")
-    (tmp / "good.yaml").write_text(yaml.safe_dump(config))
-    return tmp, untrained_pair
+    return private_world(untrained_pair, tmp_path_factory.mktemp("refused")), untrained_pair
 
 
 def assert_refused(done: subprocess.CompletedProcess, names: str) -> None:
