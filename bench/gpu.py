@@ -13,14 +13,17 @@ a section that fails prints why, both with a line, and the rest goes on):
 - the peer's AttackerModel with the paper notebooks' inversion loss, fp32, batch 128 and 512, as users run it
   (cuDNN autotuning off, its default) and with autotuning on;
 - robrep `pgd(inversion(FastModel(...)))` and the raw loop (the same L2 step and projection written inline, on
-  the same FastModel), in image-steps/s, at batch 512/256/128: bf16 and fp32 eager, then bf16 compiled, where
-  robrep's step is also captured as a CUDA graph (capture=fast.capture; the raw loop is not), and its compiled
-  graphs published to a compile cache in a scratch store (robrep/compile_cache.py);
+  the same FastModel), in image-steps/s, at batch 512/256/128: bf16 eager, then bf16 compiled, where robrep's
+  step is also captured as a CUDA graph (capture=fast.capture; the raw loop is not), and its compiled graphs
+  published to a compile cache in a scratch store (robrep/compile_cache.py);
 - a second worker's first step: a fresh process with an empty Inductor folder that loads that cache, builds the
   model and runs one compiled step (target <= 10 s);
-- ResNet-50 training at batch 256, bf16, eager: standard and adversarial (L2, eps 3, 7 steps of 0.5) img/s;
+- the fan-out worker's path (the invert kind's `run` on a batch of jobs: images gathered, fp32 targets, PGD, the
+  rows' fp32 measurements) against the engine alone on the same batch (target >= 0.9);
 - the quality guard on ResNet-50: the same inversions in fp32 and bf16, mean rep_dist_rel measured in fp32;
-- the same training compiled; then fp32 compiled inversion.
+- ResNet-50 training at batch 256, bf16, compiled (its attack captured), then eager: standard and adversarial
+  (L2, eps 3, 7 steps of 0.5) img/s (target: adversarial compiled >= 1,400);
+- fp32 inversion, eager then compiled.
 Every figure also goes to --out as JSON. One PGD step ~ 2 forward passes ~ 16.4 GFLOP per 224 px image; the share
 is of 989 TFLOP/s (dense bf16 of an H100/H200). The last line is `ratio: <robrep's best / the peer's best>`.
 """
@@ -193,6 +196,43 @@ def measure_inversion(bench: Bench, model, x0s: dict, target_reps: dict, precisi
     return out
 
 
+def fanout_path(bench: Bench, model, batch: int, compile: bool, steps: int = 50) -> None:
+    """The invert kind's run on `batch` jobs of `steps` steps against pgd alone on the same starts and targets."""
+    from robrep.experiments import noise_image
+    from robrep.fanout.job import BatchContext
+    from robrep.fanout.registry import get_kind
+
+    res, device = bench.args.resolution, bench.device
+    images, labels = torch.rand(batch, 3, res, res), torch.arange(batch) % bench.args.num_classes  # on the host
+    fast = FastModel(model, device, "bf16", compile, shared(bench.store, device, compile))
+    ctx = BatchContext(model, fast, device, lambda idx: (images[idx], labels[idx]), batch, {}, ("m", "d"))
+    kind = get_kind("invert")
+    jobs = [kind.job(model_id="m", dataset="d", split="test", target_index=t, source_index=(t + 1) % batch,
+                     init="noise", rng_seed=t, constraint="l2", eps=1000.0, step_size=1.0, steps=steps,
+                     precision="bf16") for t in range(batch)]
+    x0 = torch.stack([noise_image((3, res, res), t, device) for t in range(batch)])
+    with torch.no_grad():
+        target_rep = model.representation(images.to(device))
+
+    def timed(run) -> float:
+        run()  # warm-up (and, compiled, the compilation)
+        bench.sync()
+        t, calls = time.perf_counter(), 0
+        while calls < 2 or time.perf_counter() - t < 3 * bench.args.seconds:
+            run()
+            bench.sync()
+            calls += 1
+        return batch * steps * calls / (time.perf_counter() - t)
+
+    worker = timed(lambda: kind.run(ctx, jobs))
+    engine = timed(lambda: pgd(inversion(fast, target_rep), x0, eps=1000.0, step_size=1.0, steps=steps,
+                               capture=fast.capture))
+    bench.record("fanout_worker_path", {"worker": worker, "engine": engine, "batch": batch, "steps": steps})
+    print(f"fan-out worker path, invert, bf16 compile {'on' if compile else 'off'}, batch {batch}, {steps} steps: "
+          f"{worker:,.0f} image-steps/s; the engine alone {engine:,.0f}: {worker / engine:.3f}x (target >= 0.9)",
+          flush=True)
+
+
 SECOND_WORKER = """
 import sys, time
 t = time.time()
@@ -261,12 +301,14 @@ def measure_training(bench: Bench, resolution: int, num_classes: int, compile: b
     step_model = torch.compile(model) if compile else model
     attack_model = torch.compile(model) if compile else model
     attack = AttackSpec(eps=3.0, steps=7, step_size=0.5)
+    capture = compile and bench.device == "cuda"  # as cluster/train.py: the attack's steps as a CUDA graph
     tag = "compiled" if compile else "eager"
     t = time.time()
     rates = {}
     for name, spec in (("standard", None), ("adversarial", attack)):
         rates[name] = bench.rate(lambda steps, s=spec: [train_step(step_model, optimizer, x, y, s,
-                                                                   attack_model=attack_model, precision="bf16")
+                                                                   attack_model=attack_model, precision="bf16",
+                                                                   capture=capture)
                                                         for _ in range(steps)], batch)
         bench.record(f"train/{name}/bf16/{tag}/batch{batch}", rates[name])
     print(f"training ResNet-50 bf16 {tag}, batch {batch}: standard {rates['standard']:,.0f} img/s, adversarial "
@@ -324,16 +366,17 @@ def main() -> int:
         results[(precision, compile)] = measure_inversion(bench, model, x0s, target_reps, precision, compile)
 
     n = min(64, min(batches))
-    sections = [  # cheapest and most telling first; the compilations last
-        *[(f"inversion {p} eager", 30, lambda p=p: inversion_section(p, False)) for p in ("bf16", "fp32")
-          if False in compiles],
+    sections = [  # what issue 24's targets name first (the GPU presets' bf16 + compile); the rest as budget allows
+        *[("inversion bf16 eager", 30, lambda: inversion_section("bf16", False))] * (False in compiles),
         *[("inversion bf16 compiled", 60, lambda: inversion_section("bf16", True))] * (True in compiles),
         *[("second worker", 40, lambda: second_worker(bench, min(batches)))] * (True in compiles),
-        ("training eager", 15, lambda: measure_training(bench, args.resolution, args.num_classes, False)),
+        ("fan-out worker path", 30, lambda: fanout_path(bench, model, min(batches), True in compiles)),
         ("quality guard", 15, lambda: quality(bench, model, x0s[min(batches)][:n],
                                               torch.rand_like(x0s[min(batches)][:n]), 50)),
         *[("training compiled", 120, lambda: measure_training(bench, args.resolution, args.num_classes, True))]
         * (True in compiles),
+        ("training eager", 15, lambda: measure_training(bench, args.resolution, args.num_classes, False)),
+        *[("inversion fp32 eager", 30, lambda: inversion_section("fp32", False))] * (False in compiles),
         *[("inversion fp32 compiled", 60, lambda: inversion_section("fp32", True))] * (True in compiles),
     ]
     for what, needs_s, fn in sections:
