@@ -112,7 +112,7 @@ def _as_column(value: float | torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 _WARNED: set[str] = set()
 
 
-def _warn_once(message: str) -> None:
+def warn_once(message: str) -> None:
     """A fallback is one logged line per process and reason, not one per batch."""
     if message not in _WARNED:
         _WARNED.add(message)
@@ -143,7 +143,7 @@ class _Graph:
             with torch.cuda.graph(graph):  # records the kernels; runs none of them
                 self.step()
         except RuntimeError as e:
-            _warn_once(f"PGD: the step was not captured as a CUDA graph ({' '.join(str(e).split())}); it runs eagerly")
+            warn_once(f"PGD: the step was not captured as a CUDA graph ({' '.join(str(e).split())}); it runs eagerly")
             self.graph = False
             return self.step()
         self.graph = graph
@@ -179,7 +179,7 @@ def _run(loss_fn, x, center, rule, eps, step_size, steps, keep_best, stop_fn, ca
     if capture and x.is_cuda:
         run_step = _Graph(step)
     elif capture:
-        _warn_once(f"PGD: capture asks for a CUDA device (the batch is on {x.device.type}); the steps run eagerly")
+        warn_once(f"PGD: capture asks for a CUDA device (the batch is on {x.device.type}); the steps run eagerly")
     for i in range(steps):
         run_step()
         if stop_fn is not None and i % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and not active.any():

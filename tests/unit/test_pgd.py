@@ -194,3 +194,35 @@ def test_capture_off_a_cuda_device_runs_the_same_steps_after_one_logged_line(cap
     assert torch.equal(captured.x, plain.x) and torch.equal(captured.loss, plain.loss)
     assert [r.getMessage() for r in caplog.records] == [
         "PGD: capture asks for a CUDA device (the batch is on cpu); the steps run eagerly"]
+
+
+def test_a_kind_whose_step_cannot_be_captured_says_so_once_and_runs_eagerly(caplog, monkeypatch):
+    """regularized_visualize draws new shifts and rotations from its own generator at every step: a captured step
+    would replay the first ones. Asked to capture (FastModel.capture, set here by hand: it is True only when
+    compiled on a CUDA device), its batch runs eagerly after one warning per process, with the same rows."""
+    import robrep.pgd as engine
+    from robrep.fanout.job import BatchContext
+    from robrep.fanout.registry import get_kind
+    from robrep.fast import FastModel
+
+    monkeypatch.setattr(engine, "_WARNED", set())
+    model = small_model()
+    images, labels = torch.rand(3, 3, 16, 16), torch.arange(3)
+    kind = get_kind("regularized_visualize")
+    jobs = [kind.job(model_id="m", dataset="d", split="test", source_index=i, init="gray", coordinate=2,
+                     constraint="l2", eps=1000.0, step_size=0.1, steps=6, jitter=1, max_degrees=5.0, rng_seed=0)
+            for i in range(3)]
+
+    def rows(capture: bool):
+        fast = FastModel(model, "cpu")
+        fast.capture = capture
+        ctx = BatchContext(model, fast, "cpu", lambda idx: (images[idx], labels[idx]), 3, {}, ("m", "d"))
+        return kind.run(ctx, jobs)
+
+    plain = rows(False)
+    with caplog.at_level("WARNING", logger="robrep.pgd"):
+        asked = [rows(True) for _ in range(2)][-1]
+    assert [r["image_png"] for r in asked] == [r["image_png"] for r in plain]
+    assert [r.getMessage() for r in caplog.records] == [
+        "PGD: regularized_visualize is not captured as a CUDA graph (new random transforms from its own generator "
+        "every step); its steps run eagerly"]

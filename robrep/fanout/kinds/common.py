@@ -13,7 +13,7 @@ from robrep.fanout.job import BatchContext, ExpandContext, Job
 from robrep.fanout.selection import select_coordinates
 from robrep.images import encode_png
 from robrep.objectives import inversion
-from robrep.pgd import PGDResult, pgd
+from robrep.pgd import PGDResult, pgd, warn_once
 
 MAX_ROWS = 6  # figure rows per model, in every kind's report section
 
@@ -51,12 +51,19 @@ class BatchImages:
         return torch.stack(starts)
 
 
-def run_pgd(ctx: BatchContext, jobs: list[Job], loss_fn, x0: torch.Tensor, stop_fn=None) -> PGDResult:
-    """One batched PGD loop with the batch's shared settings and each job's own eps; the ball is around x0."""
+def run_pgd(ctx: BatchContext, jobs: list[Job], loss_fn, x0: torch.Tensor, stop_fn=None, uncapturable: str = ""
+            ) -> PGDResult:
+    """One batched PGD loop with the batch's shared settings and each job's own eps; the ball is around x0. Its
+    step is replayed as a CUDA graph where the fast model says so (FastModel.capture), unless the kind says why
+    its step cannot be (`uncapturable`): then one logged line per process, and the steps run eagerly."""
     first = jobs[0]
     eps = torch.tensor([j.eps for j in jobs], device=ctx.device)
+    capture = ctx.fast.capture
+    if capture and uncapturable:
+        warn_once(f"PGD: {first.kind} is not captured as a CUDA graph ({uncapturable}); its steps run eagerly")
+        capture = False
     return pgd(loss_fn, x0, center=x0, eps=eps, step_size=first.step_size, steps=first.steps,
-               constraint=first.constraint, stop_fn=stop_fn, capture=ctx.fast.capture)
+               constraint=first.constraint, stop_fn=stop_fn, capture=capture)
 
 
 def run_inversion(ctx: BatchContext, jobs: list[Job], images: BatchImages, target_rep: torch.Tensor
@@ -91,14 +98,16 @@ def resolve_coordinates(ctx: BatchContext, jobs: list[Job], x0: torch.Tensor) ->
     return coords.to(ctx.device)
 
 
-def run_coordinates(ctx: BatchContext, jobs: list[Job], objective_for, stop: bool = False) -> list[dict]:
+def run_coordinates(ctx: BatchContext, jobs: list[Job], objective_for, stop: bool = False, uncapturable: str = ""
+                    ) -> list[dict]:
     """A coordinate objective (visualize, manipulate): objective_for(model, coordinates (B,)) is the loss;
-    stop=True uses its `done` as PGD's early stop. Rows carry the coordinate's activation and rank."""
+    stop=True uses its `done` as PGD's early stop. Rows carry the coordinate's activation and rank. uncapturable:
+    see run_pgd."""
     images = BatchImages(ctx, jobs)
     x0 = images.starts(jobs)
     coords = resolve_coordinates(ctx, jobs, x0)
     objective = objective_for(ctx.fast, coords)
-    result = run_pgd(ctx, jobs, objective, x0, stop_fn=objective.done if stop else None)
+    result = run_pgd(ctx, jobs, objective, x0, stop_fn=objective.done if stop else None, uncapturable=uncapturable)
     out = measure(ctx.model, result, x0, None, None)
     return [result_row(job, out, i, images.label_of, int(coords[i])) for i, job in enumerate(jobs)]
 

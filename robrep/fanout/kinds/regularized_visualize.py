@@ -39,7 +39,9 @@ def run(ctx: BatchContext, jobs) -> list[dict]:
         return regularized_visualization(model, coordinates, jitter=first.jitter, max_degrees=first.max_degrees,
                                          generator=generator)
 
-    return run_coordinates(ctx, jobs, objective)
+    # A captured step would replay the first capture's shifts and rotations; this generator is not the device's own.
+    return run_coordinates(ctx, jobs, objective, uncapturable="new random transforms from its own generator every "
+                                                              "step")
 
 
 def report(report, rows, lookup: dict, direct=None) -> None:
