@@ -13,6 +13,7 @@ from datasets.beton import read_all, read_indices, read_info
 from datasets.stage import stage
 from robrep.checkpoint import load_checkpoint
 from robrep.compile_cache import shared
+from robrep.core.faults import failure_point
 from robrep.fanout.job import BatchContext, Job
 from robrep.fanout.registry import get_kind
 from robrep.fast import FastModel
@@ -75,6 +76,7 @@ def judge(rows: list[dict], model: torch.nn.Module, on: str) -> None:
 def run_batch(jobs: list[Job], cache: dict) -> list[dict]:
     """One batch of compatible jobs (one kind, one model, one PGD setting) -> rows of the kind's table."""
     first, on = jobs[0], device()
+    failure_point("worker.batch", first.model_id)  # tests make one model's batches fail here (ROBREP_FAIL)
     size, get_images = _split(cache, first.dataset_path, first.dataset_source)
     ctx = BatchContext(_model(cache, first.checkpoint, on), _fast(cache, first, on), on, get_images, size, cache,
                        (first.checkpoint, first.dataset_path))

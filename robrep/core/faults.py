@@ -1,4 +1,5 @@
-"""Fault injection points: where the tests that kill a process mid-work (a commit, a lease, a Tune trial) kill it."""
+"""Fault injection points: where the tests that kill a process mid-work (a commit, a lease, a Tune trial) kill it,
+and where the tests of failed jobs make a worker's batch fail."""
 
 from __future__ import annotations
 
@@ -25,3 +26,11 @@ def fault_point(point: str) -> None:
         except FileExistsError:
             return
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def failure_point(point: str, key: str) -> None:
+    """Fault injection for the tests of failed jobs: with ROBREP_FAIL=<point>:<key> in a worker's environment, every
+    time it reaches <point> for <key> (a model_id) it raises, as a job whose code fails would. A checkpoint that
+    does not load can no longer stand in for that: the plan loads every checkpoint first. Inert otherwise."""
+    if os.environ.get("ROBREP_FAIL") == f"{point}:{key}":
+        raise RuntimeError(f"injected failure at {point} for {key} (ROBREP_FAIL)")

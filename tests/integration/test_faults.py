@@ -30,7 +30,12 @@ def trained(untrained_pair):
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory):
-    process, gcs, _, _ = start_head(tmp_path_factory.mktemp("head"))
+    """A Ray head whose workers fail every batch of the model `broken` (robrep.core.faults.failure_point)."""
+    os.environ["ROBREP_FAIL"] = "worker.batch:broken"
+    try:
+        process, gcs, _, _ = start_head(tmp_path_factory.mktemp("head"))
+    finally:
+        del os.environ["ROBREP_FAIL"]
     yield gcs
     stop_head(process)
 
@@ -47,12 +52,12 @@ def driver(config: dict, folder: Path, fault: str | None) -> subprocess.Complete
 
 
 def broken_model(trained: Path, folder: Path) -> str:
-    """A checkpoint whose weights no longer match its digest: planned, then refused by every worker."""
+    """A good checkpoint named `broken`, whose every batch the head's workers fail (ROBREP_FAIL): a checkpoint
+    that does not load is refused at planning now, so it can no longer be the job that fails in a worker."""
     broken = folder / "broken"
     shutil.copytree(trained / "ckpt" / "digits_robust", broken)
     meta = (broken / "meta.json").read_text().replace('"model_id": "digits_robust"', '"model_id": "broken"')
     (broken / "meta.json").write_text(meta)
-    (broken / "model.pt").write_bytes((broken / "model.pt").read_bytes()[::-1])
     return str(broken)
 
 
@@ -76,5 +81,5 @@ def test_a_driver_killed_mid_commit_loses_and_duplicates_nothing(trained, head, 
     print(f"{point}: {tally}")
     assert tally["lost"] == 0 and tally["duplicated"] == 0 and len(on_disk) == GOOD_JOBS
     failures = pd.read_parquet(store / "failures")
-    assert set(failures["model_id"]) == {"broken"} and "digest mismatch" in failures["error"].iloc[0]
+    assert set(failures["model_id"]) == {"broken"} and "injected failure" in failures["error"].iloc[0]
     assert list((store / "_manifests").glob("*.json"))

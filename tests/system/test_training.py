@@ -151,7 +151,7 @@ def test_a_killed_worker_restarts_from_the_last_checkpoint(tmp_path):
 
 
 def test_bad_training_config_fails_before_any_worker(tmp_path):
-    for bad, message in ((("attack", {"eps": -1.0, "steps": 7, "step_size": 0.5}), "eps=-1.0 must be a finite"),
+    for bad, message in ((("attack", {"eps": -1.0, "steps": 7, "step_size": 0.5}), "attack.eps=-1.0 must be >= 0"),
                          (("attack", {"eps": 1.0, "steps": 0, "step_size": 0.5}), "steps=0 must be within"),
                          (("learning_rate", 0.1), "unknown config key 'train[0].learning_rate'")):
         config = experiment(tmp_path, **dict([bad]))
