@@ -82,7 +82,6 @@ def run_entry_point(main: Callable[[ExperimentConfig], None], description: str, 
         sys.exit(2)
 
 
-
 def check_resources(config: ExperimentConfig, *sections: str) -> None:
     """After connecting: every Ray resource request of these config sections (train, fanout, zoo, tune)
     can be met by this cluster (cluster.connect.check_fits), all checked before the first of them runs, so a request

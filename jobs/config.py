@@ -128,9 +128,9 @@ class TuneSpec:
 
     def validate(self) -> None:
         check_name(self.model, "tune.model")
-        if not 0 < self.step_size.low < self.step_size.high:
+        if not self.step_size.low < self.step_size.high:  # both > 0: RangeSpec's bounds
             raise ConfigError("tune.step_size needs 0 < low < high")
-        if not self.steps or min(self.steps) < self.report_every or self.report_every < 1:
+        if not self.steps or min(self.steps) < self.report_every:  # report_every >= 1: its bounds
             raise ConfigError("tune.steps must be budgets >= tune.report_every >= 1")
         distinct(self.steps, "tune.steps", "budget")
         check(self.output, "tune.output")

@@ -21,7 +21,7 @@ import uuid
 from jobs.common import Alias, run_entry_point
 from jobs.config import ExperimentConfig
 from robrep.core.errors import ConfigError
-from robrep.core.location import check_writable, filesystem, redact
+from robrep.core.location import filesystem, redact
 from robrep.store.compact import compact_store
 from robrep.store.files import EXTENSIBLE, list_table, quarantine, record_columns, recorded_schema, validate
 from robrep.store.lease import StoreLease
@@ -38,7 +38,7 @@ def run(config: ExperimentConfig, action: str) -> int:
     root = config.existing_store_root
     fs, _ = filesystem(root)
     if action != "check":
-        check_writable(root, "store")
+        config.writable("store")
     print(f"[store] {redact(root)}")
     if action == "compact":
         with StoreLease(root, f"compact-{uuid.uuid4().hex[:8]}", hint="compact once it has finished (a fan-out "

@@ -108,7 +108,7 @@ def resolve_model(store: str, name: str, num_classes: int) -> ModelRef:
         model = model_from_meta(meta)
         why = fake_relu_problem(model)
     return ModelRef(row["model_id"], str(row["checkpoint"]), bool(row.get("robust")), float(row.get("eps") or 0.0),
-                    model.representation_dim, model_digest(row["checkpoint"]), why or "")
+                    model.representation_dim, meta.get("digest") or model_digest(row["checkpoint"]), why or "")
 
 
 def judges(fan: FanoutSpec, models: dict[str, ModelRef], judge: ModelRef | None) -> dict[str, ModelRef | None]:
