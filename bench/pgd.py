@@ -1,12 +1,13 @@
 """Benchmark: robrep's PGD engine against a raw torch.autograd.grad loop on the same model and batch.
 
-    .venv/bin/python bench/pgd.py [--steps 20] [--repeats 3]
+    .venv/bin/python bench/pgd.py [--steps 20] [--seconds 30]
 
 Both run the same L2 attack step (normalised gradient, projection onto the eps-ball and [0,1]) on
 (a) the small CNN at 16 px, batch 128 and (b) the CIFAR ResNet-18 at 32 px, batch 32. Each ratio is
-engine image-steps/s over raw-loop image-steps/s (higher is better; 1.0 = no overhead). The engine
-also measures the loss of its returned iterate: one extra no-grad forward per call. The last line is
-the lower of the two ratios.
+engine image-steps/s over raw-loop image-steps/s (higher is better; 1.0 = no overhead), each side
+timed for at least --seconds, the two interleaved call by call so that machine noise hits both alike.
+The engine also measures the loss of its returned iterate: one extra no-grad forward per call. The
+last line is the lower of the two ratios.
 """
 
 from __future__ import annotations
@@ -40,16 +41,13 @@ def raw_loop(loss_fn, x0, eps, step_size, steps):
     return x
 
 
-def timed(fn, repeats):
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - start)
-    return best
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
 
 
-def compare(name, batch, resolution, steps, repeats) -> float:
+def compare(name, batch, resolution, steps, seconds) -> float:
     torch.manual_seed(0)
     model = create_model(name, 10, [0.3] * 3, [0.4] * 3).eval()
     x = torch.rand(batch, 3, resolution, resolution)
@@ -57,13 +55,14 @@ def compare(name, batch, resolution, steps, repeats) -> float:
     engine = lambda: pgd(untargeted_attack(model, y), x, eps=0.5, step_size=0.1, steps=steps)  # noqa: E731
     raw = lambda: raw_loop(untargeted_attack(model, y), x, 0.5, 0.1, steps)  # noqa: E731
     engine(), raw()  # warm up
-    # Interleave the two so that machine noise hits both alike.
-    t_raw, t_engine = float("inf"), float("inf")
-    for _ in range(repeats):
-        t_raw, t_engine = min(t_raw, timed(raw, 1)), min(t_engine, timed(engine, 1))
-    image_steps = batch * steps
+    t_raw = t_engine = 0.0
+    calls = 0
+    while calls < 2 or min(t_raw, t_engine) < seconds:  # interleaved: noise hits both alike
+        t_raw, t_engine, calls = t_raw + timed(raw), t_engine + timed(engine), calls + 1
+    image_steps = batch * steps * calls
     ratio = t_raw / t_engine
-    print(f"{name} {resolution}px batch {batch} steps {steps}: raw loop {image_steps / t_raw:,.0f} image-steps/s, "
+    print(f"{name} {resolution}px batch {batch} steps {steps}, {calls} calls each ({t_raw:.0f} s raw, "
+          f"{t_engine:.0f} s engine): raw loop {image_steps / t_raw:,.0f} image-steps/s, "
           f"engine {image_steps / t_engine:,.0f} image-steps/s, ratio {ratio:.3f}")
     return ratio
 
@@ -71,11 +70,11 @@ def compare(name, batch, resolution, steps, repeats) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=30.0, help="timed seconds per side, at least")
     args = parser.parse_args()
     print(f"threads: {torch.get_num_threads()}")
-    small = compare("small_cnn", 128, 16, args.steps, args.repeats)
-    cifar = compare("cifar_resnet18", 32, 32, args.steps, args.repeats)
+    small = compare("small_cnn", 128, 16, args.steps, args.seconds)
+    cifar = compare("cifar_resnet18", 32, 32, args.steps, args.seconds)
     print(f"ratio: {min(small, cifar):.3f}")
 
 
