@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from robrep.pgd import LossFn
+from robrep.pgd import LossFn, Objective
 
 
 def inversion_loss(rep: torch.Tensor, target_rep: torch.Tensor) -> torch.Tensor:
@@ -19,12 +19,16 @@ def inversion_loss(rep: torch.Tensor, target_rep: torch.Tensor) -> torch.Tensor:
     return (rep - target_rep).norm(dim=1) / target_rep.norm(dim=1).clamp_min(1e-12)
 
 
-def inversion(model: nn.Module, target_rep: torch.Tensor) -> LossFn:
+def _inversion(model: nn.Module, x: torch.Tensor, target_rep: torch.Tensor) -> torch.Tensor:
+    return inversion_loss(model.representation(x), target_rep)
+
+
+def inversion(model: nn.Module, target_rep: torch.Tensor) -> Objective:
     """Eq. 4 (and Eq. 1, the Sec. 2 pairs): match R(x) to target_rep (B, D).
 
     The constrained sweep of Fig. 4 is this loss under PGD with center=source and eps=r.
     """
-    return lambda x: inversion_loss(model.representation(x), target_rep)
+    return Objective(_inversion, model, (target_rep,))
 
 
 def interpolation_targets(rep_1: torch.Tensor, rep_2: torch.Tensor, lam: torch.Tensor) -> torch.Tensor:
@@ -38,11 +42,15 @@ def interpolation_lams(t: int) -> torch.Tensor:
     return torch.linspace(0.0, 1.0, t + 1)
 
 
-def visualization(model: nn.Module, coordinates: torch.Tensor) -> LossFn:
+def _visualization(model: nn.Module, x: torch.Tensor, coordinates: torch.Tensor) -> torch.Tensor:
+    rep = model.representation(x, fake_relu=True)  # (B, D)
+    return -rep.gather(1, coordinates.view(-1, 1)).squeeze(1)
+
+
+def visualization(model: nn.Module, coordinates: torch.Tensor) -> Objective:
     """Eq. 5: maximise R(x)_i (loss -R(x)_i), with the gradient through a fake ReLU on the last activation
     (A.6.1), so a dead unit still gets a gradient. coordinates: (B,) int64."""
-    rows = torch.arange(len(coordinates), device=coordinates.device)
-    return lambda x: -model.representation(x, fake_relu=True)[rows, coordinates]
+    return Objective(_visualization, model, (coordinates,))
 
 
 class Manipulation:
@@ -73,8 +81,13 @@ def untargeted_ce_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tens
     return -F.cross_entropy(logits, labels, reduction="none")
 
 
-def untargeted_attack(model: nn.Module, labels: torch.Tensor) -> LossFn:
-    return lambda x: untargeted_ce_loss(model(x), labels)
+def _untargeted_attack(model: nn.Module, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    return untargeted_ce_loss(model(x).float(), labels)
+
+
+def untargeted_attack(model: nn.Module, labels: torch.Tensor) -> Objective:
+    """Eq. 3's inner max on the model's logits (in fp32 whatever the model's precision)."""
+    return Objective(_untargeted_attack, model, (labels,))
 
 
 def _rotate_shift(x: torch.Tensor, radians: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:

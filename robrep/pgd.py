@@ -7,20 +7,25 @@ every STOP_CHECK_EVERY steps (examples flagged done stop moving at once; the che
 no-grad forward per restart measures the loss of the returned iterate. eps and step_size are in [0,1]-pixel
 units, a scalar or (B,).
 
-A step writes into fixed buffers (the iterate, the best iterate and loss, the active flags), so that on a CUDA
-device it can be captured once as a CUDA graph and replayed for the other steps (capture=True): no Python, no
-kernel launches from the host between steps, one host sync per STOP_CHECK_EVERY steps where there is an early
-stop and none otherwise. A step that cannot be captured (a host sync or a host-side random number inside the
-loss) runs eagerly after one logged line.
+A step reads and writes fixed buffers alone (the iterate, the ball's center and radius, the best iterate and
+loss, the active flags), so that on a CUDA device it can be captured once as a CUDA graph and replayed for the
+other steps (capture=True): no Python, no kernel launches from the host between steps, one host sync per
+STOP_CHECK_EVERY steps where there is an early stop and none otherwise. A loss given as an `Objective` (a plain
+function of the model, x and named per-batch tensors) keeps its captured step per model and batch shape: a later
+batch of that shape copies its values into the buffers and replays the same graph from its first step, so a short
+attack (training's 7 steps) pays no capture per batch. A step that cannot be captured (a host sync or a host-side
+random number inside the loss) runs eagerly after one logged line.
 """
 
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +33,7 @@ LossFn = Callable[[torch.Tensor], torch.Tensor]  # x (B, C, H, W) -> loss (B,)
 StopFn = Callable[[], torch.Tensor]  # () -> done (B,) bool, judged on the iterate of the last loss_fn call
 STOP_CHECK_EVERY = 8  # steps between the host syncs that end the loop once every example is done
 GRAPH_WARMUP = 3  # eager steps on a side stream before a capture (cuDNN's autotuning, lazy initialisation)
+GRAPHS_PER_MODEL = 8  # captured steps kept per model (one per batch shape and setting); the oldest goes first
 
 
 @dataclass
@@ -35,6 +41,20 @@ class PGDResult:
     x: torch.Tensor  # (B, C, H, W) returned iterate (last or best), in [0,1]
     loss: torch.Tensor  # (B,) loss at x
     steps_taken: torch.Tensor  # (B,) int64: steps before the early stop (== steps when never stopped)
+
+
+@dataclass(frozen=True, eq=False)
+class Objective:
+    """A loss x -> (B,) that names what it reads: fn(model, x, *tensors), fn a plain function of those alone (no
+    other state, no host work). PGD with capture=True keeps its captured step per model and shapes and replays it
+    for every later batch of the same shapes, the batch's tensors copied into the captured ones."""
+
+    fn: Callable[..., torch.Tensor]
+    model: nn.Module
+    tensors: tuple[torch.Tensor, ...]
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.model, x, *self.tensors)
 
 
 def _norm(t: torch.Tensor) -> torch.Tensor:
@@ -150,46 +170,109 @@ class _Graph:
         return graph.replay()
 
 
-def _run(loss_fn, x, center, rule, eps, step_size, steps, keep_best, stop_fn, capture=False) -> PGDResult:
-    """One PGD run from x (a buffer of its own: it is updated in place). Examples flagged done by stop_fn freeze
-    where they are. capture: replay the step as a CUDA graph (see the module doc)."""
-    batch = x.shape[0]
-    active = torch.ones(batch, dtype=torch.bool, device=x.device)
-    steps_taken = torch.zeros(batch, dtype=torch.int64, device=x.device)
-    best_x = x.clone() if keep_best else x
-    best_loss = torch.full((batch,), float("inf"), device=x.device)
+class _Buffers:
+    """The fixed buffers of a PGD run and its step, which reads and writes them alone (so it can be captured):
+    load() puts a run's start, center, radius, step size and (for an Objective) tensors in."""
 
-    def step() -> None:
+    def __init__(self, loss_fn, start, center, eps, step_size, rule, keep_best: bool, stop_fn):
+        batch, device = start.shape[0], start.device
+        self.rule, self.keep_best, self.stop_fn = rule, keep_best, stop_fn
+        self.x, self.center = torch.empty_like(start), torch.empty_like(center)
+        self.eps, self.step_size = torch.empty_like(eps), torch.empty_like(step_size)
+        self.best_x = torch.empty_like(start) if keep_best else self.x
+        self.best_loss = torch.empty(batch, device=device)
+        self.active = torch.empty(batch, dtype=torch.bool, device=device)
+        self.steps_taken = torch.empty(batch, dtype=torch.int64, device=device)
+        if isinstance(loss_fn, Objective):  # the model by a weak reference: kept buffers must not keep it alive
+            self.tensors = tuple(torch.empty_like(t) for t in loss_fn.tensors)
+            self.fn, self.model, self.loss_fn = loss_fn.fn, weakref.ref(loss_fn.model), self._objective
+        else:
+            self.tensors, self.loss_fn = (), loss_fn
+        self.run_step: Callable[[], None] = self.step
+
+    def _objective(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(self.model(), x, *self.tensors)
+
+    def load(self, loss_fn, start, center, eps, step_size) -> None:
+        for buffer, value in ((self.x, start), (self.center, center), (self.eps, eps), (self.step_size, step_size),
+                              *zip(self.tensors, getattr(loss_fn, "tensors", ()), strict=True)):
+            buffer.copy_(value)
+        if self.keep_best:
+            self.best_x.copy_(start)
+        self.best_loss.fill_(float("inf"))
+        self.active.fill_(True)
+        self.steps_taken.zero_()
+
+    def step(self) -> None:
+        x, rule = self.x, self.rule
         z = x.detach().requires_grad_(True)
-        loss = loss_fn(z)  # (B,)
+        loss = self.loss_fn(z)  # (B,)
         (grad,) = torch.autograd.grad(loss.sum(), z)
         with torch.no_grad():
             loss = loss.detach()
-            if keep_best:
-                better = loss < best_loss
-                best_loss.copy_(torch.where(better, loss, best_loss))
-                best_x.copy_(torch.where(better.view(-1, 1, 1, 1), x, best_x))
-            if stop_fn is not None:
-                active.logical_and_(~stop_fn())
-            moved = rule.project(rule.step(x, grad, step_size), center, eps)
-            x.copy_(moved if stop_fn is None else torch.where(active.view(-1, 1, 1, 1), moved, x))
-            steps_taken.add_(active)
+            if self.keep_best:
+                better = loss < self.best_loss
+                self.best_loss.copy_(torch.where(better, loss, self.best_loss))
+                self.best_x.copy_(torch.where(better.view(-1, 1, 1, 1), x, self.best_x))
+            if self.stop_fn is not None:
+                self.active.logical_and_(~self.stop_fn())
+            moved = rule.project(rule.step(x, grad, self.step_size), self.center, self.eps)
+            x.copy_(moved if self.stop_fn is None else torch.where(self.active.view(-1, 1, 1, 1), moved, x))
+            self.steps_taken.add_(self.active)
 
-    run_step = step
-    if capture and x.is_cuda:
-        run_step = _Graph(step)
+
+# model -> {key: _Buffers}: an Objective's captured steps live as long as its model, one per shape and setting.
+_KEPT: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _kept_key(loss_fn: Objective, start, center, eps, step_size, rule, keep_best: bool) -> tuple:
+    """Everything a captured step depends on besides the values in its buffers: the function, the shapes, dtypes,
+    devices and memory layouts of every buffer, the model's mode, and autocast and grad mode."""
+    device = start.device.type
+    layouts = tuple((tuple(t.shape), t.dtype, t.device, t.stride()) for t in (start, center, eps, step_size,
+                                                                             *loss_fn.tensors))
+    autocast = (torch.is_autocast_enabled(device), torch.get_autocast_dtype(device))
+    return (loss_fn.fn, rule, keep_best, layouts, getattr(loss_fn.model, "training", None), autocast,
+            torch.is_grad_enabled())
+
+
+def _buffers(loss_fn, start, center, eps, step_size, rule, keep_best, stop_fn, capture) -> _Buffers:
+    """The buffers (and the step, captured or not) a run steps in: an Objective's kept ones for these shapes when
+    capturing without an early stop, else new ones."""
+    keep = capture and stop_fn is None and isinstance(loss_fn, Objective)
+    if keep:
+        kept = _KEPT.setdefault(loss_fn.model, {})
+        key = _kept_key(loss_fn, start, center, eps, step_size, rule, keep_best)
+        if key in kept:
+            return kept[key]
+    buffers = _Buffers(loss_fn, start, center, eps, step_size, rule, keep_best, stop_fn)
+    if capture and start.is_cuda:
+        buffers.run_step = _Graph(buffers.step)
     elif capture:
-        warn_once(f"PGD: capture asks for a CUDA device (the batch is on {x.device.type}); the steps run eagerly")
+        warn_once(f"PGD: capture asks for a CUDA device (the batch is on {start.device.type}); the steps run eagerly")
+    if keep:
+        if len(kept) >= GRAPHS_PER_MODEL:
+            del kept[next(iter(kept))]
+        kept[key] = buffers
+    return buffers
+
+
+def _run(loss_fn, start, center, rule, eps, step_size, steps, keep_best, stop_fn, capture=False) -> PGDResult:
+    """One PGD run from start. Examples flagged done by stop_fn freeze where they are. capture: replay the step as
+    a CUDA graph (see the module doc); the result is then copied out of buffers a later run reuses."""
+    b = _buffers(loss_fn, start, center, eps, step_size, rule, keep_best, stop_fn, capture)
+    b.load(loss_fn, start, center, eps, step_size)
     for i in range(steps):
-        run_step()
-        if stop_fn is not None and i % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and not active.any():
+        b.run_step()
+        if stop_fn is not None and i % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and not b.active.any():
             break
+    x, steps_taken = b.x.clone(), b.steps_taken.clone()
     with torch.no_grad():
-        final_loss = loss_fn(x).detach()
+        final_loss = b.loss_fn(x).detach()
     if keep_best:
-        better = final_loss < best_loss
-        best_x = torch.where(better.view(-1, 1, 1, 1), x, best_x)
-        return PGDResult(best_x, torch.where(better, final_loss, best_loss), steps_taken)
+        better = final_loss < b.best_loss
+        return PGDResult(torch.where(better.view(-1, 1, 1, 1), x, b.best_x), torch.where(better, final_loss,
+                                                                                           b.best_loss), steps_taken)
     return PGDResult(x, final_loss, steps_taken)
 
 

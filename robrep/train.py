@@ -16,7 +16,7 @@ from robrep.core.errors import ConfigError
 from robrep.core.names import check_name
 from robrep.fast import autocast, eval_mode, frozen
 from robrep.models import list_models
-from robrep.objectives import untargeted_ce_loss
+from robrep.objectives import untargeted_attack
 from robrep.pgd import pgd
 
 MAX_ATTACK_STEPS = 100_000  # paper: 7 (training), 20 to 100 (evaluation)
@@ -184,7 +184,7 @@ def adversarial_examples(
     """
     with eval_mode(model), frozen(model), autocast(x.device, precision):
         result = pgd(
-            lambda z: untargeted_ce_loss(model(z).float(), y),
+            untargeted_attack(model, y),
             x,
             eps=attack.eps,
             step_size=attack.step_size,

@@ -113,3 +113,43 @@ def test_a_step_that_cannot_be_captured_runs_eagerly_after_one_logged_line(caplo
     for result in results:
         torch.testing.assert_close(result.x, eager.x, rtol=1e-4, atol=1e-5)
     assert len(caplog.records) == 1 and "not captured as a CUDA graph" in caplog.records[0].getMessage()
+
+
+def test_a_kept_graph_replays_for_later_batches_of_the_same_shape_with_their_values():
+    """An Objective's step is captured in its first run and kept: a second batch of the same shape (other starts,
+    targets, radius) replays it from its first step without a host sync and gets the eager iterates."""
+    torch.manual_seed(0)
+    fast = FastModel(create_model("cifar_resnet18", 10, MEAN, STD).eval(), "cuda", "fp32")
+    batches = []
+    for _ in range(2):
+        x0, target = torch.rand(16, 3, 32, 32, device="cuda"), torch.rand(16, 3, 32, 32, device="cuda")
+        with torch.no_grad():
+            batches.append((x0, fast.representation(target)))
+    settings = [dict(eps=2.0, step_size=0.2), dict(eps=0.7, step_size=0.1)]
+    eager = [pgd(inversion(fast, t), x0, steps=12, keep="best", **s)
+             for (x0, t), s in zip(batches, settings, strict=True)]
+    first = pgd(inversion(fast, batches[0][1]), batches[0][0], steps=12, keep="best", capture=True, **settings[0])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        second = pgd(inversion(fast, batches[1][1]), batches[1][0], steps=12, keep="best", capture=True,
+                     **settings[1])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    for captured, plain in ((first, eager[0]), (second, eager[1])):
+        torch.testing.assert_close(captured.x, plain.x, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(captured.loss, plain.loss, rtol=1e-4, atol=1e-6)
+
+
+def test_the_training_attack_captured_matches_eager_batch_after_batch():
+    """The training attack (7 steps, a random start) keeps one graph for its batch shape: every later batch
+    replays it; the adversarial examples are the eager ones (same random starts: the same seed before each)."""
+    fast = FastModel(create_model("cifar_resnet18", 10, MEAN, STD).eval(), "cuda", "fp32")
+    attack = AttackSpec(eps=1.0, steps=7, step_size=0.25)
+    data = [(torch.rand(16, 3, 32, 32, device="cuda"), torch.randint(0, 10, (16,), device="cuda")) for _ in range(3)]
+    for i, (x, y) in enumerate(data):
+        torch.manual_seed(i)
+        eager = adversarial_examples(fast, x, y, attack)
+        torch.manual_seed(i)
+        captured = adversarial_examples(fast, x, y, attack, capture=True)
+        torch.testing.assert_close(captured, eager, rtol=1e-4, atol=1e-5)

@@ -196,6 +196,64 @@ def test_capture_off_a_cuda_device_runs_the_same_steps_after_one_logged_line(cap
         "PGD: capture asks for a CUDA device (the batch is on cpu); the steps run eagerly"]
 
 
+def test_an_objective_keeps_its_step_per_shape_and_later_batches_reuse_it_with_their_own_values():
+    """capture=True with an Objective keeps the buffers (on a GPU, the captured graph) per model and shapes: a later
+    batch of the same shapes loads its own start, target, radius and step size into them and gets exactly what an
+    uncaptured run gets; results never alias the kept buffers; a new shape, mode or precision is a new entry; an
+    early stop or a plain closure is never kept."""
+    import robrep.pgd as engine
+    from robrep.fast import autocast
+
+    model = small_model()
+    gen = torch.Generator().manual_seed(3)
+
+    def batch(n):
+        x0, target = torch.rand(n, 3, 16, 16, generator=gen), torch.rand(n, 3, 16, 16, generator=gen)
+        with torch.no_grad():
+            return x0, model.representation(target)
+
+    runs = [(*batch(4), 2.0, 0.1), (*batch(4), 0.5, 0.3), (*batch(4), 1.0, 0.05)]
+    plain = [pgd(inversion(model, t), x0, eps=e, step_size=s, steps=9, keep="best") for x0, t, e, s in runs]
+    kept = [pgd(inversion(model, t), x0, eps=e, step_size=s, steps=9, keep="best", capture=True)
+            for x0, t, e, s in runs]
+    for a, b in zip(plain, kept, strict=True):
+        assert torch.equal(a.x, b.x) and torch.equal(a.loss, b.loss) and torch.equal(a.steps_taken, b.steps_taken)
+    assert len(engine._KEPT[model]) == 1  # three batches, one set of buffers
+    assert not torch.equal(kept[0].x, kept[1].x)  # each result is its own copy
+
+    pgd(inversion(model, batch(2)[1]), batch(2)[0], eps=1.0, step_size=0.1, steps=2, capture=True)  # a new shape
+    with autocast(torch.device("cpu"), "bf16"):
+        pgd(inversion(model, runs[0][1]), runs[0][0], eps=1.0, step_size=0.1, steps=2, capture=True)
+    y = torch.arange(4)
+    attack = [pgd(untargeted_attack(model, y.roll(i)), runs[i][0], eps=1.0, step_size=0.2, steps=5, restarts=2,
+                  random_start=True, generator=torch.Generator().manual_seed(i), capture=capture)
+              for capture in (False, True) for i in range(2)]
+    assert all(torch.equal(a.x, b.x) for a, b in zip(attack[:2], attack[2:], strict=True))
+    assert len(engine._KEPT[model]) == 4
+    objective = inversion(model, runs[0][1])
+    pgd(objective, runs[0][0], eps=1.0, step_size=0.1, steps=2, capture=True, stop_fn=lambda: torch.zeros(4) > 0)
+    pgd(lambda x: objective(x), runs[0][0], eps=1.0, step_size=0.1, steps=2, capture=True)
+    assert len(engine._KEPT[model]) == 4
+
+
+def test_kept_steps_do_not_keep_their_model_alive():
+    import gc
+    import weakref
+
+    import robrep.pgd as engine
+
+    model = small_model()
+    x0 = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        target_rep = model.representation(torch.rand(2, 3, 16, 16))
+    pgd(inversion(model, target_rep), x0, eps=1.0, step_size=0.1, steps=2, capture=True)
+    assert len(engine._KEPT[model]) == 1
+    alive = weakref.ref(model)
+    del model
+    gc.collect()
+    assert alive() is None
+
+
 def test_a_kind_whose_step_cannot_be_captured_says_so_once_and_runs_eagerly(caplog, monkeypatch):
     """regularized_visualize draws new shifts and rotations from its own generator at every step: a captured step
     would replay the first ones. Asked to capture (FastModel.capture, set here by hand: it is True only when
