@@ -171,20 +171,20 @@ class _Graph:
 
 
 class _Buffers:
-    """The fixed buffers of a PGD run and its step, which reads and writes them alone (so it can be captured):
-    load() puts a run's start, center, radius, step size and (for an Objective) tensors in."""
+    """The fixed buffers of a PGD run and its step, which reads and writes them alone (so it can be captured). It
+    steps in the tensors it is given (start is updated in place; a kept one is given copies); load() puts a later
+    run's start, center, radius, step size and (for an Objective) tensors in."""
 
     def __init__(self, loss_fn, start, center, eps, step_size, rule, keep_best: bool, stop_fn):
         batch, device = start.shape[0], start.device
         self.rule, self.keep_best, self.stop_fn = rule, keep_best, stop_fn
-        self.x, self.center = torch.empty_like(start), torch.empty_like(center)
-        self.eps, self.step_size = torch.empty_like(eps), torch.empty_like(step_size)
-        self.best_x = torch.empty_like(start) if keep_best else self.x
-        self.best_loss = torch.empty(batch, device=device)
-        self.active = torch.empty(batch, dtype=torch.bool, device=device)
-        self.steps_taken = torch.empty(batch, dtype=torch.int64, device=device)
+        self.x, self.center, self.eps, self.step_size = start, center, eps, step_size
+        self.best_x = start.clone() if keep_best else start
+        self.best_loss = torch.full((batch,), float("inf"), device=device)
+        self.active = torch.ones(batch, dtype=torch.bool, device=device)
+        self.steps_taken = torch.zeros(batch, dtype=torch.int64, device=device)
         if isinstance(loss_fn, Objective):  # the model by a weak reference: kept buffers must not keep it alive
-            self.tensors = tuple(torch.empty_like(t) for t in loss_fn.tensors)
+            self.tensors = loss_fn.tensors
             self.fn, self.model, self.loss_fn = loss_fn.fn, weakref.ref(loss_fn.model), self._objective
         else:
             self.tensors, self.loss_fn = (), loss_fn
@@ -236,15 +236,18 @@ def _kept_key(loss_fn: Objective, start, center, eps, step_size, rule, keep_best
             torch.is_grad_enabled())
 
 
-def _buffers(loss_fn, start, center, eps, step_size, rule, keep_best, stop_fn, capture) -> _Buffers:
-    """The buffers (and the step, captured or not) a run steps in: an Objective's kept ones for these shapes when
-    capturing without an early stop, else new ones."""
+def _buffers(loss_fn, start, center, eps, step_size, rule, keep_best, stop_fn, capture) -> tuple[_Buffers, bool]:
+    """The buffers (and the step, captured or not) a run steps in, and whether they are kept: an Objective's kept
+    ones for these shapes, loaded with this run's values, when capturing without an early stop; else new ones."""
     keep = capture and stop_fn is None and isinstance(loss_fn, Objective)
     if keep:
         kept = _KEPT.setdefault(loss_fn.model, {})
         key = _kept_key(loss_fn, start, center, eps, step_size, rule, keep_best)
         if key in kept:
-            return kept[key]
+            kept[key].load(loss_fn, start, center, eps, step_size)
+            return kept[key], True
+        center, eps, step_size = center.clone(), eps.clone(), step_size.clone()  # start is the run's own already
+        loss_fn = Objective(loss_fn.fn, loss_fn.model, tuple(t.clone() for t in loss_fn.tensors))
     buffers = _Buffers(loss_fn, start, center, eps, step_size, rule, keep_best, stop_fn)
     if capture and start.is_cuda:
         buffers.run_step = _Graph(buffers.step)
@@ -254,19 +257,18 @@ def _buffers(loss_fn, start, center, eps, step_size, rule, keep_best, stop_fn, c
         if len(kept) >= GRAPHS_PER_MODEL:
             del kept[next(iter(kept))]
         kept[key] = buffers
-    return buffers
+    return buffers, keep
 
 
 def _run(loss_fn, start, center, rule, eps, step_size, steps, keep_best, stop_fn, capture=False) -> PGDResult:
     """One PGD run from start. Examples flagged done by stop_fn freeze where they are. capture: replay the step as
     a CUDA graph (see the module doc); the result is then copied out of buffers a later run reuses."""
-    b = _buffers(loss_fn, start, center, eps, step_size, rule, keep_best, stop_fn, capture)
-    b.load(loss_fn, start, center, eps, step_size)
+    b, kept = _buffers(loss_fn, start, center, eps, step_size, rule, keep_best, stop_fn, capture)
     for i in range(steps):
         b.run_step()
         if stop_fn is not None and i % STOP_CHECK_EVERY == STOP_CHECK_EVERY - 1 and not b.active.any():
             break
-    x, steps_taken = b.x.clone(), b.steps_taken.clone()
+    x, steps_taken = (b.x.clone(), b.steps_taken.clone()) if kept else (b.x, b.steps_taken)
     with torch.no_grad():
         final_loss = b.loss_fn(x).detach()
     if keep_best:
